@@ -1,1 +1,52 @@
-"""reactor: a single-threaded edge-triggered epoll reactor (the public surface arrives with the loop)."""
+"""reactor: a single-threaded, edge-triggered epoll reactor for many long-lived connections.
+
+Bytes flow one way, each stage in its own module::
+
+    socket -> recv_into -> receive ring -> codec -> handler.on_message
+           -> conn.send -> send ring -> sendmsg
+
+The public surface is exactly what this module exports.
+"""
+
+from .broadcast import BroadcastResult, broadcast
+from .clock import FakeClock, MonotonicClock
+from .connection import Connection, ConnectionOptions
+from .errors import CloseReason, CodecError, FrameTooLong, LineTooLong, ReactorError
+from .listener import Listener
+from .loop import Handle, Loop
+from .pool import BufferPool
+from .protocols import Codec, Handler
+from .ring import RingBuffer
+from .selector import EdgeSelector, LevelSelector
+from .stats import read_stats, serve_stats
+from .wheel import Timer, TimerWheel
+
+
+__all__ = [
+    "BroadcastResult",
+    "BufferPool",
+    "CloseReason",
+    "Codec",
+    "CodecError",
+    "Connection",
+    "ConnectionOptions",
+    "EdgeSelector",
+    "FakeClock",
+    "FrameTooLong",
+    "Handle",
+    "Handler",
+    "LevelSelector",
+    "LineTooLong",
+    "Listener",
+    "Loop",
+    "MonotonicClock",
+    "ReactorError",
+    "RingBuffer",
+    "Timer",
+    "TimerWheel",
+    "broadcast",
+    "read_stats",
+    "serve_stats",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""The line-echo protocol handler: the reference service's whole behaviour.
+
+Every line is echoed byte for byte; a line over the limit is answered with
+``ERR line too long`` and the connection closes; after the peer's FIN the
+trailing partial line is echoed as is; ``PING`` goes out as a heartbeat.
+"""
+
+from __future__ import annotations
+
+from reactor import Connection, Handler
+from reactor.errors import CodecError, LineTooLong
+
+__all__ = ["LineEchoHandler", "ERR_LINE_TOO_LONG", "ERR_SERVER_FULL", "PING"]
+
+ERR_LINE_TOO_LONG = b"ERR line too long\n"
+ERR_SERVER_FULL = b"ERR server full\n"
+PING = b"PING\n"
+
+
+class LineEchoHandler(Handler):
+    """Stateless: one instance serves every connection."""
+
+    __slots__ = ()
+
+    def on_message(self, conn: Connection, line: bytes) -> None:
+        conn.send(line)
+
+    def on_eof(self, conn: Connection, remainder: bytes) -> bool:
+        if remainder:
+            conn.write(remainder)
+        return False
+
+    def on_codec_error(self, conn: Connection, exc: CodecError) -> None:
+        if isinstance(exc, LineTooLong):
+            conn.write(ERR_LINE_TOO_LONG)
+        conn.close(exc.reason)
+
+    def on_heartbeat(self, conn: Connection) -> None:
+        conn.write(PING)

@@ -1,0 +1,680 @@
+"""Connection: one non-blocking socket, its two pooled rings, codec, handler and timers.
+
+Bytes enter here (``_pump_reads``: recv_into the receive ring), become messages
+here (``_deliver``: codec -> handler.on_message) and leave here (``_flush``:
+one sendmsg of the send ring's segments). The loop only calls ``_on_events``,
+``_on_ready`` and ``_flush``; everything about one peer lives in this file.
+
+The edge-triggered invariants (written once, tested in tests/unit/test_connection.py)
+-------------------------------------------------------------------------------------
+epoll with EPOLLET reports a *change*: "bytes arrived", "room appeared". It does
+not say again that bytes are still waiting. So:
+
+1. After a read edge, recv until EAGAIN, or until a short read (fewer bytes than
+   asked: the queue was emptied at that instant, and any later arrival raises a
+   new edge -- nginx and libuv rely on the same fact), or until the per-event
+   byte budget runs out. If the budget ran out, the connection goes on the
+   loop's ready list and is read again next iteration with no edge at all;
+   forgetting this is the classic ET stall. A short read does not prove the
+   queue is empty when the peer's FIN or an error came with the edge (RDHUP/HUP/
+   ERR): then we read on until recv returns 0 or fails.
+2. Every other reason to stop reading with bytes possibly left behind -- pause
+   (user or backpressure), pool exhaustion, the drain quota -- must be undone by
+   putting the connection on the ready list when the reason goes away, never by
+   waiting for an edge.
+3. The socket is registered once for IN|OUT|RDHUP|ET and never modified: a send
+   that blocks only sets ``_write_blocked``; the next OUT edge (room appeared)
+   resumes the flush. In level-triggered mode the same code asks the selector
+   for write interest while blocked and drops read interest while paused.
+
+Closing without losing data: close() stops reading, flushes the send ring,
+shuts down our sending side, then keeps reading and discarding ("lingering")
+until the peer's FIN or ``linger_s``; only then is the socket closed. Closing a
+socket with unread bytes makes the kernel send RST, which can destroy replies
+the peer has not read yet.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import sys
+import termios
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import CloseReason, CodecError
+from .ring import RingBuffer
+from .selector import ERR, HUP, IN, OUT, RDHUP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .loop import Loop
+    from .protocols import Codec, Handler
+    from .wheel import Timer
+
+__all__ = ["Connection", "ConnectionOptions"]
+
+log = logging.getLogger("reactor")
+
+# States, in the order a connection moves through them.
+CONNECTING, OPEN, CLOSING, LINGER, CLOSED = range(5)
+_STATE_NAMES = ("connecting", "open", "closing", "linger", "closed")
+
+# Reasons reading is paused; reading runs only while none is set.
+P_USER = 1  # pause_reading()
+P_BACKPRESSURE = 2  # send ring above the high watermark
+P_STARVED = 4  # the buffer pool refused a chunk
+P_EOF = 8  # the peer's FIN was read, or the connection is closing
+
+_SHUT_WR = socket.SHUT_WR
+_FIONREAD = termios.FIONREAD
+_READ_EVENTS = IN | HUP | RDHUP | ERR
+_HANGUP = HUP | RDHUP | ERR
+_WRITE_EVENTS = OUT | HUP | ERR
+_MAX_SEGMENTS = 64  # iovecs per sendmsg; far below IOV_MAX (1024)
+_FLUSH_BUDGET = 1 << 20  # bytes one flush may send before others get a turn
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Per-listener (or per-connect) settings shared by its connections.
+
+    Defaults follow asyncio's flow control (64 KiB high, low = high / 4) and
+    Redis's idea of a hard output limit; 0 disables a timeout.
+    """
+
+    idle_timeout_s: float = 0.0  #: close (on_idle) after this long with no byte received
+    heartbeat_s: float = 0.0  #: call on_heartbeat after this long with no byte sent
+    high_water: int = 64 * 1024  #: send ring above this: on_paused, reading pauses
+    low_water: int = 16 * 1024  #: back at or below this: on_writable, reading resumes
+    max_send_buffer: int = 4 * 1024 * 1024  #: above this the peer is a slow consumer: abort
+    keepalive: bool = False  #: SO_KEEPALIVE
+    nodelay: bool = True  #: TCP_NODELAY
+    linger_s: float = 2.0  #: how long a graceful close waits for the peer's FIN
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout_s", "heartbeat_s", "linger_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if not 0 <= self.low_water <= self.high_water:
+            raise ValueError(
+                f"need 0 <= low_water <= high_water, got {self.low_water} and {self.high_water}"
+            )
+        if self.max_send_buffer < self.high_water:
+            raise ValueError(
+                f"max_send_buffer {self.max_send_buffer} is below high_water {self.high_water}"
+            )
+
+
+class Connection:
+    """One peer. Created by the loop (accept or connect), never by users.
+
+    Public surface: :meth:`send`, :meth:`write`, :meth:`close`, :meth:`abort`,
+    :meth:`pause_reading`, :meth:`resume_reading`, and the read-only facts
+    ``id``, ``peer``, ``bytes_in``, ``bytes_out``, ``created_at``, ``closed``,
+    ``close_reason``, ``error``, ``writable``, plus ``user_data`` for the
+    application's own per-connection state.
+    """
+
+    __slots__ = (
+        "_loop", "_sock", "_fd", "_handler", "_codec", "_rx", "_tx", "_opts",
+        "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
+        "_eof", "_hup", "_draining", "_drain_left", "_idle_timer", "_hb_timer",
+        "_aux_timer", "_reason", "_counted", "id", "peer", "created_at",
+        "bytes_in", "bytes_out", "error", "user_data",
+    )
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        handler: Handler,
+        codec: Codec,
+        opts: ConnectionOptions,
+        peer: Any,
+        conn_id: int,
+        *,
+        connecting: bool = False,
+        counted: bool = True,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._handler = handler
+        self._codec = codec
+        self._rx = RingBuffer(loop.pool)
+        self._tx = RingBuffer(loop.pool)
+        self._opts = opts
+        self._state = CONNECTING if connecting else OPEN
+        self._pause = 0
+        self._flush_queued = False
+        self._write_blocked = False
+        self._over_high = False
+        self._eof = False
+        self._hup = False
+        self._draining = False
+        self._drain_left = -1
+        self._idle_timer: Timer | None = None
+        self._hb_timer: Timer | None = None
+        self._aux_timer: Timer | None = None  # connect timeout, then linger timeout
+        self._reason: CloseReason | None = None
+        self._counted = counted
+        self.id = conn_id
+        self.peer = peer
+        self.created_at = loop.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.error: OSError | None = None
+        self.user_data: Any = None
+
+    # ------------------------------------------------------------------ facts
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.peer!r} {_STATE_NAMES[self._state]}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the socket is closed (``on_close`` follows on the loop)."""
+        return self._state == CLOSED
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the connection closed (or is closing); None while open."""
+        return self._reason
+
+    @property
+    def writable(self) -> bool:
+        """False while the send buffer is above its high watermark (after on_paused)."""
+        return not self._over_high
+
+    @property
+    def send_buffered(self) -> int:
+        """Bytes queued for the peer and not yet accepted by the kernel."""
+        return len(self._tx)
+
+    @property
+    def recv_buffered(self) -> int:
+        """Bytes received and not yet decoded into a message."""
+        return len(self._rx)
+
+    @property
+    def reading(self) -> bool:
+        """True while the connection reads from its peer."""
+        return self._state == OPEN and not self._pause
+
+    def fileno(self) -> int:
+        return self._fd
+
+    # ---------------------------------------------------------------- sending
+
+    def send(self, msg: Any) -> bool:
+        """Encode ``msg`` with the connection's codec and queue it for the peer.
+
+        Queued bytes leave in one batch when the loop flushes (once per
+        iteration). Returns False, queuing nothing, if the connection is closing
+        or closed, or if this send pushed it past ``max_send_buffer`` (it is
+        then aborted as a slow consumer).
+        """
+        if self._state > OPEN:  # CONNECTING and OPEN may queue
+            return False
+        self._codec.encode_into(msg, self._tx)
+        return self._queued()
+
+    def write(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue raw bytes for the peer, bypassing the codec. Same rules as :meth:`send`."""
+        if self._state > OPEN:
+            return False
+        self._tx.write(data)
+        return self._queued()
+
+    def _queued(self) -> bool:
+        if not self._flush_queued:
+            self._flush_queued = True
+            self._loop._flushq.append(self)
+        n = len(self._tx)
+        opts = self._opts
+        if n > opts.high_water:
+            if n > opts.max_send_buffer:
+                # Try the kernel before giving up on the peer: a burst larger than
+                # the limit to a healthy reader is not a slow consumer.
+                self._flush()
+                if self._state == CLOSED:
+                    return False
+                if len(self._tx) > opts.max_send_buffer:
+                    log.debug("connection %s: %d bytes queued, over max_send_buffer %d",
+                              self.id, len(self._tx), opts.max_send_buffer)
+                    self.abort(CloseReason.SLOW_CONSUMER)
+                    return False
+            if not self._over_high and len(self._tx) > opts.high_water:
+                self._over_high = True
+                self._set_pause(P_BACKPRESSURE)
+                self._call("on_paused")
+        return True
+
+    def _flush(self) -> None:
+        """Send what the send ring holds: one sendmsg of its segments per round."""
+        self._flush_queued = False
+        st = self._state
+        if st == CONNECTING or st >= LINGER:
+            return
+        tx = self._tx
+        sent = 0
+        while tx:
+            before = len(tx)
+            segs = tx.segments(_MAX_SEGMENTS)
+            try:
+                n = self._sock.sendmsg(segs)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if n:
+                tx.consume(n)
+                sent += n
+            covered = before if len(segs) < _MAX_SEGMENTS else sum(map(len, segs))
+            if n < covered:  # the kernel's buffer is full: wait for the OUT edge
+                break
+            if sent >= _FLUSH_BUDGET and tx:  # fair share spent; more next iteration
+                self._flush_queued = True
+                self._loop._flushq.append(self)
+                break
+        if sent:
+            self.bytes_out += sent
+            self._loop._bytes_out += sent
+            if self._hb_timer is not None:
+                self._loop._wheel.rearm(self._hb_timer, self._opts.heartbeat_s)
+        blocked = bool(tx) and not self._flush_queued
+        if blocked != self._write_blocked:
+            self._write_blocked = blocked
+            if not self._loop._edge:
+                self._sync_interest()
+        if self._over_high and len(tx) <= self._opts.low_water:
+            self._over_high = False
+            self._clear_pause(P_BACKPRESSURE)
+            self._call("on_writable")
+        if not tx and self._state == CLOSING:
+            self._finish_close()
+
+    # ---------------------------------------------------------------- reading
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (and delivering buffered messages) until resumed."""
+        self._set_pause(P_USER)
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        self._clear_pause(P_USER)
+
+    def _set_pause(self, bit: int) -> None:
+        if self._draining:  # a drain reads what was queued at the signal regardless
+            bit &= ~(P_USER | P_BACKPRESSURE)
+        was = self._pause
+        self._pause = was | bit
+        if not was and self._pause and not self._loop._edge:
+            self._sync_interest()
+
+    def _clear_pause(self, bit: int) -> None:
+        was = self._pause
+        self._pause = was & ~bit
+        if was and not self._pause and self._state == OPEN:
+            # Invariant 2: bytes may be waiting with no edge to announce them.
+            self._loop._ready.append(self)
+            if not self._loop._edge:
+                self._sync_interest()
+
+    def _on_events(self, ev: int) -> None:
+        """Called by the loop with the epoll mask of one event for this fd."""
+        st = self._state
+        if st == OPEN:
+            if ev & _HANGUP:
+                self._hup = True
+            if ev & _READ_EVENTS and not self._pause:
+                self._pump_reads()
+            if ev & _WRITE_EVENTS and self._write_blocked and self._state <= CLOSING:
+                self._flush()
+        elif st == CLOSING:
+            if ev & _WRITE_EVENTS and self._tx:
+                self._flush()
+        elif st == LINGER:
+            if ev & _READ_EVENTS:
+                self._linger_reads()
+        elif st == CONNECTING:
+            self._finish_connect()
+
+    def _on_ready(self) -> None:
+        """Called by the loop for a connection it put on the ready list (no edge)."""
+        st = self._state
+        if st == OPEN and not self._pause:
+            self._deliver()
+            if self._state == OPEN and not self._pause:
+                self._pump_reads()
+        elif st == LINGER:
+            self._linger_reads()
+
+    def _pump_reads(self) -> None:
+        loop = self._loop
+        rx = self._rx
+        recv_into = self._sock.recv_into
+        keep = loop._read_keep
+        budget = loop._read_budget
+        while not self._pause and self._state == OPEN:
+            view = rx.writable(keep)
+            if view is None:
+                self._starve()
+                return
+            want = len(view)
+            if self._drain_left >= 0 and want > self._drain_left:
+                want = self._drain_left
+            try:
+                n = recv_into(view, want)
+            except (BlockingIOError, InterruptedError):
+                rx.commit(0)
+                return
+            except OSError as exc:
+                rx.commit(0)
+                self._fail(exc)
+                return
+            if not n:
+                rx.commit(0)
+                self._peer_eof()
+                return
+            rx.commit(n)
+            self.bytes_in += n
+            loop._bytes_in += n
+            if self._idle_timer is not None:
+                loop._wheel.rearm(self._idle_timer, self._opts.idle_timeout_s)
+            self._deliver()
+            if self._drain_left >= 0:
+                self._drain_left -= n
+                if self._drain_left == 0:
+                    self._drain_done()
+                    return
+            if n < want and not self._hup:
+                return  # short read: drained (invariant 1)
+            budget -= n
+            if budget <= 0:
+                loop._ready.append(self)  # invariant 1: no edge will come for the rest
+                return
+
+    def _deliver(self) -> None:
+        """Hand every complete message in the receive ring to the handler, in order."""
+        rx = self._rx
+        if not rx:
+            return
+        take = self._codec.maybe_take_frame
+        on_message = self._handler.on_message
+        while not self._pause and self._state == OPEN:
+            try:
+                msg = take(rx)
+            except CodecError as exc:
+                self._codec_error(exc)
+                return
+            if msg is None:
+                return
+            try:
+                on_message(self, msg)
+            except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
+                self._handler_failed(exc, "on_message")
+                return
+
+    def _starve(self) -> None:
+        self._set_pause(P_STARVED)
+        self._loop._starved.append(self)
+
+    def _unstarve(self) -> None:
+        """The pool has chunks again (called by the loop)."""
+        self._clear_pause(P_STARVED)
+
+    def _peer_eof(self) -> None:
+        self._eof = True
+        self._pause |= P_EOF
+        if not self._loop._edge:
+            self._sync_interest()
+        try:
+            remainder = self._codec.take_remainder(self._rx)
+            keep_open = self._handler.on_eof(self, remainder)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc, "on_eof")
+            return
+        if not keep_open and self._state == OPEN:
+            self.close(CloseReason.PEER_CLOSED)
+
+    def _codec_error(self, exc: CodecError) -> None:
+        log.debug("connection %s %r: %s", self.id, self.peer, exc)
+        self._pause |= P_EOF
+        self._call("on_codec_error", exc)
+        if self._state == OPEN:  # a handler that ignores the error still loses the peer
+            self.close(exc.reason)
+
+    # ----------------------------------------------------------------- timers
+
+    def _start_timers(self) -> None:
+        wheel = self._loop._wheel
+        opts = self._opts
+        if opts.idle_timeout_s > 0:
+            self._idle_timer = wheel.call_later(opts.idle_timeout_s, self._idle_fired)
+        if opts.heartbeat_s > 0:
+            self._hb_timer = wheel.call_later(opts.heartbeat_s, self._heartbeat_fired)
+
+    def _idle_fired(self) -> None:
+        if self._state <= CLOSING:
+            self._call("on_idle")
+
+    def _heartbeat_fired(self) -> None:
+        if self._state == OPEN:
+            self._loop._wheel.rearm(self._hb_timer, self._opts.heartbeat_s)
+            self._call("on_heartbeat")
+
+    # ---------------------------------------------------------------- closing
+
+    def close(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
+        """Close gracefully: stop reading, flush what is queued, then close.
+
+        Idempotent. ``on_close(conn, reason)`` follows on the loop.
+        """
+        st = self._state
+        if st >= CLOSING:
+            return
+        if st == CONNECTING:
+            self._teardown(reason)
+            return
+        self._state = CLOSING
+        self._reason = reason
+        self._pause |= P_EOF
+        if not self._loop._edge:
+            self._sync_interest()
+        if not self._tx:
+            self._finish_close()
+        elif not self._flush_queued and not self._write_blocked:
+            self._flush_queued = True
+            self._loop._flushq.append(self)
+
+    def abort(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
+        """Close at once, dropping whatever is still queued for the peer."""
+        if self._state != CLOSED:
+            self._teardown(reason)
+
+    def _finish_close(self) -> None:
+        """The send ring is empty after close(): shut down our side and linger."""
+        if self._eof:
+            self._teardown(self._reason or CloseReason.PEER_CLOSED)
+            return
+        try:
+            self._sock.shutdown(_SHUT_WR)
+        except OSError:
+            self._teardown(self._reason or CloseReason.PEER_RESET)
+            return
+        self._state = LINGER
+        if self._aux_timer is not None:
+            self._loop._wheel.cancel(self._aux_timer)
+        self._aux_timer = self._loop._wheel.call_later(self._opts.linger_s, self._linger_over)
+        if not self._loop._edge:
+            self._sync_interest()
+        self._linger_reads()
+
+    def _linger_reads(self) -> None:
+        """Read and discard until the peer's FIN (then close) or EAGAIN."""
+        recv_into = self._sock.recv_into
+        scratch = self._loop._scratch
+        budget = self._loop._read_budget
+        while budget > 0:
+            try:
+                n = recv_into(scratch)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                n = 0
+            if not n:
+                self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
+                return
+            budget -= n
+        self._loop._ready.append(self)
+
+    def _linger_over(self) -> None:
+        if self._state == LINGER:
+            self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
+
+    def _fail(self, exc: OSError) -> None:
+        """A socket error: this connection ends, the loop goes on."""
+        self.error = exc
+        reason = (
+            CloseReason.PEER_RESET
+            if isinstance(exc, (ConnectionError, BrokenPipeError))
+            else CloseReason.IO_ERROR
+        )
+        if self._reason is None or self._state < CLOSING:
+            self._reason = reason
+        self._teardown(self._reason)
+
+    def _teardown(self, reason: CloseReason) -> None:
+        if self._state == CLOSED:
+            return
+        self._state = CLOSED
+        if self._reason is None:
+            self._reason = reason
+        wheel = self._loop._wheel
+        for t in (self._idle_timer, self._hb_timer, self._aux_timer):
+            if t is not None:
+                wheel.cancel(t)
+        self._idle_timer = self._hb_timer = self._aux_timer = None
+        self._loop._forget(self)
+        try:
+            self._sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        self._rx.clear()
+        self._tx.clear()
+        self._loop.call_soon(self._notify_closed)
+
+    def _notify_closed(self) -> None:
+        try:
+            self._handler.on_close(self, self._reason)
+        except Exception:  # noqa: BLE001
+            log.exception("connection %s: handler on_close raised", self.id)
+
+    # -------------------------------------------------------- drain at shutdown
+
+    def _begin_drain(self) -> None:
+        """Loop.shutdown(): deliver every byte the kernel holds now, then close.
+
+        FIONREAD gives the bytes queued at this instant: exactly what the peer
+        had delivered before the shutdown began. Reading stops after them, so a
+        peer that keeps sending cannot hold the drain open.
+        """
+        st = self._state
+        if st == CONNECTING:
+            self._teardown(CloseReason.SHUTDOWN)
+            return
+        if st != OPEN:
+            return
+        if self._eof:
+            self.close(CloseReason.SHUTDOWN)
+            return
+        self._draining = True
+        self._pause &= ~(P_USER | P_BACKPRESSURE)
+        try:
+            buf = fcntl.ioctl(self._fd, _FIONREAD, b"\0\0\0\0")
+            queued = int.from_bytes(buf, sys.byteorder)
+        except OSError:
+            queued = 0
+        self._drain_left = queued
+        self._deliver()
+        if self._state != OPEN:
+            return
+        if queued == 0:
+            self._drain_done()
+        else:
+            self._loop._ready.append(self)
+
+    def _drain_done(self) -> None:
+        self._drain_left = -1
+        self._deliver()
+        self.close(CloseReason.SHUTDOWN)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _finish_connect(self) -> None:
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.error = OSError(err, os.strerror(err))
+            self._teardown(CloseReason.CONNECT_FAILED)
+            return
+        if self._aux_timer is not None:
+            self._loop._wheel.cancel(self._aux_timer)
+            self._aux_timer = None
+        self._state = OPEN
+        self._loop._connected(self)
+        if self._state == OPEN and self._tx:
+            self._flush()
+        if self._state == OPEN and not self._pause:
+            self._pump_reads()
+        if not self._loop._edge and self._state < CLOSED:
+            self._sync_interest()
+
+    def _connect_timed_out(self) -> None:
+        if self._state == CONNECTING:
+            self.error = TimeoutError("connect timed out")
+            self._teardown(CloseReason.CONNECT_TIMEOUT)
+
+    def _call(self, name: str, *args: Any) -> None:
+        """Run a handler callback; an exception closes this connection only."""
+        try:
+            getattr(self._handler, name)(self, *args)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc, name)
+
+    def _handler_failed(self, exc: Exception, where: str) -> None:
+        log.error("connection %s %r: handler %s raised %s: %s", self.id, self.peer, where,
+                  type(exc).__name__, exc, exc_info=exc)
+        self._reason = CloseReason.HANDLER_ERROR
+        if self._state <= OPEN:
+            self.close(CloseReason.HANDLER_ERROR)
+
+    def _sync_interest(self) -> None:
+        """Level-triggered mode only: make the selector's interest match our state."""
+        st = self._state
+        reading = (st == OPEN and not self._pause) or st == LINGER
+        writing = st == CONNECTING or (self._write_blocked and st <= CLOSING)
+        if st != CLOSED:
+            self._loop._selector.set_interest(self._fd, reading, writing)
+
+    def _snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "peer": _peer_str(self.peer),
+            "state": _STATE_NAMES[self._state],
+            "rx_bytes": len(self._rx),
+            "tx_bytes": len(self._tx),
+            "age_s": round(now - self.created_at, 3),
+            "paused": bool(self._pause & (P_USER | P_BACKPRESSURE | P_STARVED)),
+        }
+
+
+def _peer_str(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return f"unix:{peer}" if peer else "unix"

@@ -1,0 +1,304 @@
+"""Listener: the accept path -- accept within a budget, the connection cap, fd exhaustion.
+
+Each listening socket is registered for read edges only. One edge may stand
+for many queued connections, so we accept until EAGAIN (invariant 1 of
+connection.py applies to accept too), at most ``accept_budget`` per turn; if the
+budget runs out the listener goes on the loop's ready list.
+
+Running out of file descriptors (EMFILE/ENFILE)
+-----------------------------------------------
+When the process has no fd left, accept() fails but the connection stays in
+the kernel's queue. A level-triggered loop then wakes at once, fails again, and
+spins a core (bun#32705: ~98k EMFILE returns in 10 s); an edge-triggered loop
+instead goes deaf, because the queued connection raises no new edge. Both are
+wrong. We keep one spare fd (``FdReserve``, Twisted's _FileDescriptorReservation
+and libuv's uv__emfile_trick): on EMFILE we close the spare, accept the waiting
+connection into the freed slot, tell it ``reject_message`` if it will take it,
+close it, and take the spare back -- repeated until the queue is empty, so
+peers get an answer instead of a hang. If that cannot work (ENFILE, or the
+spare could not be re-taken), accepting pauses for ``_RETRY_S`` and a timer
+retries: no spin, no deafness. Warnings are rate-limited to one per
+``_WARN_EVERY_S`` with a count. Nothing on this path opens a file or imports a
+module (Netty #6055: the recovery code itself needed an fd).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import socket
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import CloseReason
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import ConnectionOptions
+    from .loop import Loop
+    from .protocols import Codec, Handler
+
+__all__ = ["Listener", "FdReserve", "raise_fd_limit", "default_max_conns", "FD_RESERVE"]
+
+log = logging.getLogger("reactor")
+
+_FD_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Errors that concern only the connection being accepted (it died in the queue).
+_PEER_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                          errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+                          errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
+_RETRY_S = 0.1
+_WARN_EVERY_S = 10.0
+
+
+#: File descriptors kept back from the default connection cap for listeners, logs,
+#: the stats socket and the spare fd (Redis's CONFIG_MIN_RESERVED_FDS is 32).
+FD_RESERVE = 32
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit in force."""
+
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # pragma: no cover - e.g. a sandbox forbids it
+            pass
+    return soft
+
+
+def default_max_conns() -> int:
+    """What the fd limit allows: the soft RLIMIT_NOFILE less ``FD_RESERVE`` (at least 1)."""
+
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:  # pragma: no cover
+        soft = 1 << 20
+    return max(1, soft - FD_RESERVE)
+
+
+def _open_devnull() -> int:
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+
+class FdReserve:
+    """One spare file descriptor, given up for a moment when the process runs out.
+
+    ``opener`` returns a new fd (default: /dev/null, opened now, before any
+    shortage). Tests inject their own.
+    """
+
+    __slots__ = ("_opener", "_fd")
+
+    def __init__(self, opener: Callable[[], int] = _open_devnull) -> None:
+        self._opener = opener
+        self._fd: int | None = None
+        self.reacquire()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> bool:
+        """Close the spare so the next fd the process opens can use its slot."""
+        if self._fd is None:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        return True
+
+    def reacquire(self) -> bool:
+        """Take a spare again; False if there is still no fd to be had."""
+        if self._fd is None:
+            try:
+                self._fd = self._opener()
+            except OSError:
+                return False
+        return True
+
+    def close(self) -> None:
+        self.release()
+
+
+class Listener:
+    """A listening socket and what to do with the connections it accepts.
+
+    Created by ``Loop.listen``. ``address`` is the bound address; ``close()``
+    stops accepting (established connections are not affected).
+    """
+
+    __slots__ = (
+        "_loop", "_sock", "_fd", "_handler_factory", "_codec_factory", "_opts",
+        "max_conns", "reject_message", "accept_budget", "_reserve", "_paused",
+        "_retry", "_counted", "_warned_at", "_unwarned", "address", "family",
+        "accepted_total", "rejected_total", "fd_exhausted_total", "_closed",
+    )
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        handler_factory: Callable[[], Handler],
+        codec_factory: Callable[[], Codec],
+        opts: ConnectionOptions,
+        *,
+        max_conns: int,
+        reject_message: bytes | None = None,
+        accept_budget: int = 256,
+        counted: bool = True,
+        reserve: FdReserve | None = None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._handler_factory = handler_factory
+        self._codec_factory = codec_factory
+        self._opts = opts
+        self.max_conns = max_conns
+        self.reject_message = reject_message
+        self.accept_budget = accept_budget
+        self._reserve = reserve if reserve is not None else FdReserve()
+        self._paused = False
+        self._retry: Any = None
+        self._counted = counted
+        self._warned_at = -1e18
+        self._unwarned = 0
+        self.address = sock.getsockname()
+        self.family = sock.family
+        self.accepted_total = 0
+        self.rejected_total = 0
+        self.fd_exhausted_total = 0
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (and a unix socket's file)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._loop._wheel.cancel(self._retry)
+        self._loop._forget(self)
+        path = self.address if self.family == socket.AF_UNIX else None
+        self._sock.close()
+        self._reserve.close()
+        if isinstance(path, str) and path and not path.startswith("\0"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    # The loop calls these two.
+    def _on_events(self, ev: int) -> None:
+        if not self._paused:
+            self._accept_some()
+
+    def _on_ready(self) -> None:
+        if not self._paused and not self._closed:
+            self._accept_some()
+
+    def _accept_some(self) -> None:
+        accept = self._sock._accept  # type: ignore[attr-defined]  # fd, addr: no socket object yet
+        loop = self._loop
+        for _ in range(self.accept_budget):
+            try:
+                fd, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FD_ERRORS:
+                    if not self._out_of_fds(exc):
+                        return
+                    continue
+                if exc.errno in _PEER_ERRORS:
+                    continue
+                log.error("listener %s: accept failed: %s; retrying in %.1f s",
+                          _addr_str(self.address), exc, _RETRY_S)
+                self._pause()
+                return
+            if self._counted and loop._nconns >= self.max_conns:
+                self._reject(fd, CloseReason.SERVER_FULL)
+                continue
+            self.accepted_total += 1
+            loop._admit(self, fd, addr)
+            if self._closed:
+                return
+        loop._ready.append(self)  # budget spent; the queue may hold more (no new edge)
+
+    def _out_of_fds(self, exc: OSError) -> bool:
+        """EMFILE and friends. True if a queued connection was answered and closed."""
+        self.fd_exhausted_total += 1
+        self._warn(exc)
+        if exc.errno == errno.EMFILE and self._reserve.release():
+            try:
+                fd, _addr = self._sock._accept()  # type: ignore[attr-defined]
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                self._reject(fd, CloseReason.SERVER_FULL)
+            if self._reserve.reacquire() and fd >= 0:
+                return True
+        self._pause()
+        return False
+
+    def _reject(self, fd: int, reason: CloseReason) -> None:
+        """Tell an excess connection why (if it will take the bytes now), then close it."""
+        self.rejected_total += 1
+        self._loop._count_close(reason)
+        try:
+            s = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        except OSError:  # pragma: no cover
+            os.close(fd)
+            return
+        try:
+            s.setblocking(False)
+            if self.reject_message:
+                s.send(self.reject_message)
+            s.shutdown(socket.SHUT_WR)
+            # Unread bytes at close() turn the FIN into a RST, which may destroy the
+            # message above before the peer reads it: read what is queued first.
+            scratch = self._loop._scratch
+            for _ in range(16):
+                if not s.recv_into(scratch):
+                    break
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def _pause(self) -> None:
+        if self._paused or self._closed:
+            return
+        self._paused = True
+        self._retry = self._loop._wheel.call_later(_RETRY_S, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._retry = None
+        if not self._closed:
+            self._reserve.reacquire()
+            self._accept_some()
+
+    def _warn(self, exc: OSError) -> None:
+        now = self._loop.time()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            more = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
+            log.warning("listener %s: out of file descriptors (%s): refusing connections "
+                        "with the spare fd%s", _addr_str(self.address),
+                        errno.errorcode.get(exc.errno or 0, exc.errno), more)
+            self._warned_at = now
+            self._unwarned = 0
+        else:
+            self._unwarned += 1
+
+
+def _addr_str(addr: Any) -> str:
+    if isinstance(addr, tuple):
+        host = addr[0]
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return f"unix:{addr}"

@@ -1,0 +1,624 @@
+"""Loop: the event loop. It knows fds, masks, the ready list and the next deadline.
+
+One iteration (``run_once``), in this order:
+  1. poll the selector, sleeping until the timer wheel's next deadline at most
+     (not at all if anything is ready);
+  2. dispatch each event straight from fd to its object (connection, listener,
+     waker): no per-event key tuple, no callback-queue hop;
+  3. serve the ready list made in the previous iteration (objects that stopped
+     early -- budget, pause, pool -- and have work left without a new edge);
+  4. run the call_soon callbacks that were queued when this step began;
+  5. fire due timers;
+  6. flush every connection that queued bytes this iteration: many small
+     sends become one sendmsg (Redis's beforeSleep);
+  7. wake connections the buffer pool refused, if chunks came back.
+Protocols, codecs and buffers live elsewhere; this file wires them together.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+from typing import Any, Callable
+
+from .clock import Clock, MonotonicClock
+from .connection import Connection, ConnectionOptions, _peer_str
+from .errors import CloseReason
+from .listener import Listener, default_max_conns
+from .listener import raise_fd_limit as _raise_fd_limit
+from .pool import BufferPool
+from .protocols import Codec, Handler
+from .selector import make_selector
+from .wakeup import SignalPipe, Waker
+from .wheel import Timer, TimerWheel
+
+__all__ = ["Loop", "Handle"]
+
+log = logging.getLogger("reactor")
+
+_SOON_BUDGET = 10_000
+
+
+class Handle:
+    """A callback queued with ``call_soon``; ``cancel()`` before it runs to drop it."""
+
+    __slots__ = ("callback", "args", "cancelled")
+
+    def __init__(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _FdReader:
+    """Adapts a Waker or SignalPipe to the loop's ``_on_events`` dispatch."""
+
+    __slots__ = ("_on_events",)
+
+    def __init__(self, on_events: Callable[[int], None]) -> None:
+        self._on_events = on_events
+
+
+class Loop:
+    """A single-threaded reactor. Create one per thread (normally one per process).
+
+    ``selector``: ``"auto"`` (edge-triggered epoll where available), ``"edge"`` or
+    ``"level"``. ``clock``: where time is read (tests pass a ``FakeClock``).
+    ``pool``: the buffer pool every connection's rings borrow from (default:
+    ``pool_chunks`` chunks of ``chunk_size`` bytes). ``read_budget``: bytes one
+    connection may read per turn before others are served. ``read_reserve``:
+    chunks kept back from reads for sends (default: 1/8 of the pool).
+    ``raise_fd_limit``: raise the soft RLIMIT_NOFILE to the hard limit now.
+    """
+
+    def __init__(
+        self,
+        *,
+        selector: str = "auto",
+        clock: Clock | None = None,
+        pool: BufferPool | None = None,
+        chunk_size: int = 16 * 1024,
+        pool_chunks: int = 4096,
+        read_budget: int = 256 * 1024,
+        read_reserve: int | None = None,
+        tick_s: float = 0.001,
+        raise_fd_limit: bool = True,
+    ) -> None:
+        if read_budget < 1:
+            raise ValueError(f"read_budget must be >= 1, not {read_budget}")
+        if raise_fd_limit:
+            _raise_fd_limit()
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._selector = make_selector(selector)
+        self._edge = self._selector.edge_triggered
+        self.pool = pool if pool is not None else BufferPool(chunk_size, pool_chunks)
+        if read_reserve is None:
+            read_reserve = self.pool.chunks_total // 8
+        if not 0 <= read_reserve < self.pool.chunks_total:
+            raise ValueError(
+                f"read_reserve must be in [0, {self.pool.chunks_total}), not {read_reserve}"
+            )
+        self._read_keep = read_reserve
+        self._read_budget = read_budget
+        self._wheel = TimerWheel(self._clock, tick_s=tick_s, on_error=self._timer_failed)
+        self._fdmap: dict[int, Any] = {}
+        self._ready: list[Any] = []
+        self._flushq: list[Connection] = []
+        self._starved: list[Connection] = []
+        self._soon: collections.deque[Handle] = collections.deque()
+        self._scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
+        self._listeners: list[Listener] = []
+        self._waker = Waker()
+        self._register(self._waker.fileno(), _FdReader(self._on_wakeup))
+        self._sigpipe: SignalPipe | None = None
+        self._sig_handlers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self._sig_saved: dict[int, Any] = {}
+        self._next_id = 0
+        self._nconns = 0
+        self._accepted_total = 0
+        self._closed_by_reason: dict[CloseReason, int] = dict.fromkeys(CloseReason, 0)
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._iterations = 0
+        self._events = 0
+        self._broadcast_skipped = 0
+        self._running = False
+        self._stopping = False
+        self._shutting_down = False
+        self._drain_timer: Timer | None = None
+        self._closed = False
+        self.started_at = self._clock.now()
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def edge_triggered(self) -> bool:
+        """True when the loop runs on edge-triggered epoll."""
+        return self._edge
+
+    @property
+    def selector_name(self) -> str:
+        return self._selector.name
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections (those from ``listen``/``connect``; not stats readers)."""
+        return self._nconns
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def time(self) -> float:
+        """The loop's clock, in seconds."""
+        return self._clock.now()
+
+    def connections(self) -> list[Connection]:
+        """A snapshot list of the open connections."""
+        return [o for o in self._fdmap.values() if isinstance(o, Connection) and o._counted]
+
+    @property
+    def listeners(self) -> list[Listener]:
+        return list(self._listeners)
+
+    # ------------------------------------------------------------- scheduling
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Run ``callback(*args)`` on the next iteration, in FIFO order."""
+        h = Handle(callback, args)
+        self._soon.append(h)
+        return h
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Like :meth:`call_soon`, from any thread; wakes the loop if it sleeps."""
+        h = Handle(callback, args)
+        self._soon.append(h)  # deque.append is atomic
+        self._waker.wake()
+        return h
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``callback(*args)`` after ``delay`` seconds (never earlier; tick 1 ms).
+
+        Returns a Timer: ``loop.cancel_timer(t)`` cancels it, ``loop.rearm(t, d)``
+        moves it to ``d`` seconds from now in O(1).
+        """
+        return self._wheel.call_later(delay, callback, *args)
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``callback(*args)`` at loop time ``when``."""
+        return self._wheel.call_at(when, callback, *args)
+
+    def cancel_timer(self, timer: Timer) -> None:
+        self._wheel.cancel(timer)
+
+    def rearm(self, timer: Timer, delay: float) -> None:
+        """Move ``timer`` to ``delay`` seconds from now (reschedules a fired one)."""
+        self._wheel.rearm(timer, delay)
+
+    # ---------------------------------------------------------------- signals
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop when ``sig`` arrives. Main thread only.
+
+        The C-level handler writes the signal number to a socketpair given to
+        ``signal.set_wakeup_fd``, so a sleeping poll returns at once.
+        """
+        if self._sigpipe is None:
+            self._sigpipe = SignalPipe()
+            self._register(self._sigpipe.fileno(), _FdReader(self._on_signals))
+        if sig not in self._sig_saved:
+            self._sig_saved[sig] = signal.getsignal(sig)
+        signal.signal(sig, _ignore_signal)
+        self._sig_handlers[sig] = (callback, args)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        if self._sig_handlers.pop(sig, None) is None:
+            return False
+        signal.signal(sig, self._sig_saved.pop(sig, signal.SIG_DFL))
+        return True
+
+    def _on_signals(self, ev: int) -> None:
+        assert self._sigpipe is not None
+        for sig in self._sigpipe.read_signals():
+            entry = self._sig_handlers.get(sig)
+            if entry is not None:
+                self._run_callback(entry[0], entry[1])
+
+    def _on_wakeup(self, ev: int) -> None:
+        self._waker.drain()
+
+    # ---------------------------------------------------------------- sockets
+
+    def listen(
+        self,
+        address: tuple[str, int] | str,
+        handler_factory: Callable[[], Handler],
+        codec_factory: Callable[[], Codec],
+        *,
+        backlog: int = 1024,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        max_conns: int | None = None,
+        reject_message: bytes | None = None,
+        accept_budget: int = 256,
+        unix_mode: int | None = None,
+        counted: bool = True,
+        options: ConnectionOptions | None = None,
+        **option_kwargs: Any,
+    ) -> Listener:
+        """Listen on ``(host, port)`` or a unix socket path and serve what connects.
+
+        Each accepted connection gets ``handler_factory()`` and ``codec_factory()``.
+        SO_REUSEADDR is always set; SO_REUSEPORT when ``reuse_port``. ``sock``: an
+        already bound socket to use instead (it is listened on if needed).
+        ``max_conns`` (default: the fd limit less a reserve): connections beyond
+        it are sent ``reject_message`` (if any) and closed. ``unix_mode``: file
+        mode of a unix socket (set race-free through the umask). Connection
+        settings come from ``options`` or keyword arguments of
+        :class:`ConnectionOptions`. Raises OSError if the address cannot be bound.
+        """
+        opts = _options(options, option_kwargs)
+        if sock is None:
+            sock = _bind(address, backlog, reuse_port, unix_mode)
+        else:
+            sock.listen(backlog)
+        sock.setblocking(False)
+        try:
+            listener = Listener(
+                self, sock, handler_factory, codec_factory, opts,
+                max_conns=default_max_conns() if max_conns is None else max_conns,
+                reject_message=reject_message, accept_budget=accept_budget, counted=counted,
+            )
+            self._register(sock.fileno(), listener, writing=False)
+        except BaseException:
+            sock.close()
+            raise
+        self._listeners.append(listener)
+        return listener
+
+    def connect(
+        self,
+        address: tuple[str, int] | str,
+        handler_factory: Callable[[], Handler],
+        codec_factory: Callable[[], Codec],
+        *,
+        timeout_s: float = 10.0,
+        options: ConnectionOptions | None = None,
+        **option_kwargs: Any,
+    ) -> Connection:
+        """Open an outgoing connection; returns at once with the Connection.
+
+        ``on_connect`` runs when it is established; on failure or after
+        ``timeout_s`` the handler gets ``on_close`` with CONNECT_FAILED or
+        CONNECT_TIMEOUT and ``conn.error`` says why. Bytes sent before the
+        connection is up are queued. Host names are resolved here (blocking):
+        pass numeric addresses on a busy loop.
+        """
+        opts = _options(options, option_kwargs)
+        if isinstance(address, str):
+            family, target = socket.AF_UNIX, address
+        else:
+            info = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0]
+            family, target = info[0], info[4]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        if family != socket.AF_UNIX:
+            _tune(sock, opts)
+        err = sock.connect_ex(target)
+        self._next_id += 1
+        conn = Connection(self, sock, handler_factory(), codec_factory(), opts, target,
+                          self._next_id, connecting=True)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            conn.error = OSError(err, os.strerror(err))
+            self._fdmap[conn._fd] = conn
+            self._nconns += 1
+            conn._teardown(CloseReason.CONNECT_FAILED)
+            return conn
+        self._register(conn._fd, conn, writing=True)
+        self._nconns += 1
+        conn._aux_timer = self._wheel.call_later(timeout_s, conn._connect_timed_out)
+        return conn
+
+    def _register(self, fd: int, obj: Any, writing: bool = False) -> None:
+        self._fdmap[fd] = obj
+        self._selector.register(fd, True, writing)
+
+    def _admit(self, listener: Listener, fd: int, addr: Any) -> None:
+        """A listener accepted ``fd``: make it a Connection and tell the handler."""
+        try:
+            sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
+        except OSError:  # pragma: no cover
+            os.close(fd)
+            return
+        opts = listener._opts
+        try:
+            sock.setblocking(False)
+            if listener.family != socket.AF_UNIX:
+                _tune(sock, opts)
+            handler = listener._handler_factory()
+            codec = listener._codec_factory()
+        except Exception as exc:  # noqa: BLE001 - a bad factory refuses one peer
+            log.error("listener: cannot set up a connection from %r: %s", addr, exc,
+                      exc_info=exc)
+            sock.close()
+            return
+        self._next_id += 1
+        conn = Connection(self, sock, handler, codec, opts, addr or None, self._next_id,
+                          counted=listener._counted)
+        # ET: an fd already readable when added raises its edge at once, so bytes
+        # that came with the handshake are not missed.
+        self._register(fd, conn, writing=self._edge)
+        if listener._counted:
+            self._nconns += 1
+            self._accepted_total += 1
+        conn._start_timers()
+        conn._call("on_connect")
+
+    def _connected(self, conn: Connection) -> None:
+        conn._start_timers()
+        conn._call("on_connect")
+
+    def _forget(self, obj: Any) -> None:
+        """An object closed: stop watching its fd and update the books."""
+        fd = obj._fd
+        if self._fdmap.get(fd) is obj:
+            del self._fdmap[fd]
+            self._selector.unregister(fd)
+        if isinstance(obj, Listener):
+            if obj in self._listeners:
+                self._listeners.remove(obj)
+            return
+        if obj._counted:
+            self._nconns -= 1
+            self._count_close(obj._reason or CloseReason.LOCAL_CLOSE)
+            if self._shutting_down and self._nconns == 0:
+                self.stop()
+
+    def _count_close(self, reason: CloseReason) -> None:
+        self._closed_by_reason[reason] += 1
+
+    # --------------------------------------------------------------- running
+
+    def run(self) -> None:
+        """Run until :meth:`stop` (or the end of :meth:`shutdown`)."""
+        if self._running:
+            raise RuntimeError("the loop is already running")
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        self._running = True
+        self._stopping = False
+        try:
+            while not self._stopping:
+                self.run_once()
+            self._run_soon()  # on_close callbacks of the last connections
+        finally:
+            self._running = False
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """One iteration (see the module docstring). ``timeout`` caps the sleep."""
+        ready = self._ready
+        if ready:
+            self._ready = []
+        if ready or self._soon or self._flushq:
+            wait: float | None = 0.0
+        else:
+            deadline = self._wheel.next_deadline()
+            if deadline is None:
+                wait = None
+            else:
+                wait = deadline - self._clock.now()
+                if wait < 0:
+                    wait = 0.0
+        if timeout is not None and (wait is None or timeout < wait):
+            wait = timeout
+        events = self._selector.poll(wait)
+        fdmap = self._fdmap
+        for fd, ev in events:
+            obj = fdmap.get(fd)
+            if obj is not None:
+                obj._on_events(ev)
+        for obj in ready:
+            obj._on_ready()
+        if self._soon:
+            self._run_soon()
+        self._wheel.expire()
+        flushq = self._flushq
+        if flushq:
+            self._flushq = []
+            for conn in flushq:
+                if conn._flush_queued:
+                    conn._flush()
+        if self._starved and self.pool.chunks_free > self._read_keep:
+            starved = self._starved
+            self._starved = []
+            for conn in starved:
+                conn._unstarve()
+        self._iterations += 1
+        self._events += len(events)
+
+    def _run_soon(self) -> None:
+        soon = self._soon
+        for _ in range(min(len(soon), _SOON_BUDGET)):
+            h = soon.popleft()
+            if not h.cancelled:
+                self._run_callback(h.callback, h.args)
+
+    def _run_callback(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - one bad callback must not stop the loop
+            log.exception("callback %r raised", callback)
+
+    def _timer_failed(self, timer: Timer, exc: BaseException) -> None:
+        log.error("timer callback %r raised %s: %s", timer.callback, type(exc).__name__, exc,
+                  exc_info=exc)
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current iteration."""
+        self._stopping = True
+        self._waker.wake()
+
+    # --------------------------------------------------------------- shutdown
+
+    def shutdown(self, drain_timeout_s: float = 10.0) -> None:
+        """Graceful stop: stop accepting, drain every connection, then stop the loop.
+
+        Each connection reads the bytes the kernel already holds for it, delivers
+        every complete message, flushes the replies and closes (reason SHUTDOWN).
+        After ``drain_timeout_s`` whatever is left is dropped with one warning
+        naming the connections and bytes. :meth:`run` returns when done.
+        """
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        for listener in list(self._listeners):
+            if listener._counted:
+                listener.close()
+        for conn in self.connections():
+            conn._begin_drain()
+        if self._nconns == 0:
+            self.stop()
+        else:
+            self._drain_timer = self._wheel.call_later(drain_timeout_s, self._drain_expired,
+                                                       drain_timeout_s)
+
+    def _drain_expired(self, drain_timeout_s: float) -> None:
+        self.abort_all(f"drain timeout after {drain_timeout_s:g} s")
+
+    def abort_all(self, why: str = "aborted") -> None:
+        """Close every connection at once, with one warning naming what was dropped."""
+        conns = self.connections()
+        if conns:
+            left = [(c, len(c._tx) + len(c._rx)) for c in conns]
+            total = sum(n for _, n in left)
+            names = ", ".join(f"{_peer_name(c)} ({n} B)" for c, n in left[:10])
+            more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+            log.warning("%s: dropping %d connection(s) with %d byte(s) buffered: %s%s",
+                        why, len(left), total, names, more)
+            for c in conns:
+                c.abort(CloseReason.SHUTDOWN)
+        self.stop()
+
+    def close(self) -> None:
+        """Release every fd the loop holds. The loop cannot run afterwards."""
+        if self._closed:
+            return
+        for obj in list(self._fdmap.values()):
+            if isinstance(obj, Connection):
+                obj.abort(CloseReason.SHUTDOWN)
+            elif isinstance(obj, Listener):
+                obj.close()
+        self._run_soon()
+        for sig in list(self._sig_handlers):
+            self.remove_signal_handler(sig)
+        if self._sigpipe is not None:
+            self._sigpipe.close()
+            self._sigpipe = None
+        self._waker.close()
+        self._selector.close()
+        self._fdmap.clear()
+        self._closed = True
+
+    def close_after_fork(self) -> None:
+        """In a child made by ``os.fork()``: drop the parent's loop fds without side effects.
+
+        The child must build its own Loop; signal dispositions stay as they are.
+        """
+        for obj in list(self._fdmap.values()):
+            sock = getattr(obj, "_sock", None)
+            if sock is not None:
+                sock.close()
+        if self._sigpipe is not None:
+            self._sigpipe.close_after_fork()
+            self._sigpipe = None
+        self._waker.close()
+        self._selector.close()
+        self._fdmap.clear()
+        self._closed = True
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """The loop's internals as a plain dict (what the stats socket serves)."""
+        from .stats import loop_stats
+
+        return loop_stats(self)
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """Python-level handler: the work happens on the loop, woken by set_wakeup_fd."""
+
+
+def _options(options: ConnectionOptions | None, kwargs: dict[str, Any]) -> ConnectionOptions:
+    if options is not None and kwargs:
+        raise TypeError("pass either options= or ConnectionOptions keywords, not both")
+    return options if options is not None else ConnectionOptions(**kwargs)
+
+
+def _tune(sock: socket.socket, opts: ConnectionOptions) -> None:
+    if opts.nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if opts.keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def _bind(address: tuple[str, int] | str, backlog: int, reuse_port: bool,
+          unix_mode: int | None) -> socket.socket:
+    if isinstance(address, str):
+        return _bind_unix(address, backlog, unix_mode)
+    host, port = address
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(info[4])
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(path: str, backlog: int, mode: int | None) -> socket.socket:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # stale: nobody listens on it
+        else:
+            raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode) if mode is not None else None
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        if old is not None:
+            os.umask(old)
+    return sock
+
+
+def _peer_name(conn: Connection) -> str:
+    return _peer_str(conn.peer)

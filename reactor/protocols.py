@@ -1,0 +1,105 @@
+"""The two interfaces the core owns: Codec (bytes <-> messages) and Handler (callbacks).
+
+``handlers/`` implements them; the core only calls them. A codec is sans-IO: it
+reads a :class:`~reactor.ring.RingBuffer` and writes one, and never sees a
+socket, the loop or a clock. Handler methods are no-ops by default (gnet's
+``BuiltinEventEngine``), so a handler overrides only what it needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import CloseReason, CodecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import Connection
+    from .ring import RingBuffer
+
+__all__ = ["Codec", "Handler"]
+
+
+class Codec(Protocol):
+    """Turns the bytes in a receive ring into messages, and messages into bytes.
+
+    One codec object serves one connection (it may keep state, e.g. a scan offset).
+    """
+
+    #: The largest frame the codec accepts; a larger one raises a ``FrameTooLong``.
+    max_frame_bytes: int
+
+    def maybe_take_frame(self, buf: RingBuffer) -> bytes | None:
+        """Consume and return the next complete frame, or ``None`` if there is none yet.
+
+        The returned object owns its bytes (never a view into the pool).
+        Raises a :class:`~reactor.errors.CodecError` subclass on bad input.
+        """
+        ...
+
+    def take_remainder(self, buf: RingBuffer) -> bytes:
+        """At end of input: consume and return the bytes of an incomplete frame (``b""`` if none)."""
+        ...
+
+    def encode(self, msg: Any) -> bytes:
+        """Return the wire bytes of ``msg``."""
+        ...
+
+    def encode_into(self, msg: Any, out: RingBuffer) -> None:
+        """Append the wire bytes of ``msg`` to ``out`` without building an intermediate object."""
+        ...
+
+
+class Handler:
+    """Callbacks for one connection's events. Override what you need.
+
+    A handler object may be shared by many connections (the factory given to
+    ``Loop.listen`` may return the same instance) as long as it keeps no
+    per-connection state of its own; per-connection state can live in
+    ``conn.user_data``. Every callback runs on the loop thread. An exception
+    raised by a callback is logged once and closes that connection with
+    ``CloseReason.HANDLER_ERROR``; the loop and other connections go on.
+    """
+
+    __slots__ = ()
+
+    def on_connect(self, conn: Connection) -> None:
+        """The connection is established (accepted, or an outgoing connect finished)."""
+
+    def on_message(self, conn: Connection, msg: Any) -> None:
+        """The codec decoded a complete message. ``msg`` owns its bytes."""
+
+    def on_paused(self, conn: Connection) -> None:
+        """The send buffer rose above the high watermark: stop producing for this peer.
+
+        The connection has also stopped reading from the peer (backpressure) until
+        :meth:`on_writable` is called.
+        """
+
+    def on_writable(self, conn: Connection) -> None:
+        """The send buffer fell to the low watermark after :meth:`on_paused`; reading resumed."""
+
+    def on_idle(self, conn: Connection) -> None:
+        """No byte was received for ``idle_timeout_s``. By default: close (IDLE_TIMEOUT)."""
+        conn.close(CloseReason.IDLE_TIMEOUT)
+
+    def on_heartbeat(self, conn: Connection) -> None:
+        """No byte was sent for ``heartbeat_s``: a good moment to send a ping."""
+
+    def on_eof(self, conn: Connection, remainder: bytes) -> bool:
+        """The peer shut down its sending side. Every complete frame was delivered first.
+
+        ``remainder`` holds the bytes of an incomplete trailing frame (``b""`` if
+        none). Return True to keep the connection open for writing (call
+        ``conn.close()`` later); by default the connection flushes and closes.
+        """
+        return False
+
+    def on_codec_error(self, conn: Connection, exc: CodecError) -> None:
+        """The peer sent bytes the codec refused. Frames decoded before were delivered.
+
+        By default: close with ``exc.reason`` after flushing what was queued.
+        """
+        conn.close(exc.reason)
+
+    def on_close(self, conn: Connection, reason: CloseReason) -> None:
+        """The connection is closed and its socket released; called exactly once."""

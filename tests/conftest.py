@@ -1,0 +1,167 @@
+"""Shared test helpers: waiting with a deadline, socket fill/drain, and the daemon runner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LINE_ECHO = [sys.executable, "-m", "reactor.cli.line_echo"]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition",
+             step: Callable[[], None] | None = None) -> object:
+    """Poll ``predicate`` (running ``step`` between polls, if given) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if step is not None:
+            step()
+        else:
+            time.sleep(0.005)
+
+
+def recv_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    """Read exactly n bytes (fails on EOF or timeout)."""
+    sock.settimeout(timeout)
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(min(1 << 20, n - len(buf)))
+        if not data:
+            raise AssertionError(f"EOF after {len(buf)} of {n} bytes: {bytes(buf[-80:])!r}")
+        buf += data
+    return bytes(buf)
+
+
+def recv_until_eof(sock: socket.socket, timeout: float = 10.0, limit: int = 1 << 30) -> bytes:
+    """Read until the peer closes. A reset after data counts as the end."""
+    sock.settimeout(timeout)
+    buf = bytearray()
+    while len(buf) < limit:
+        try:
+            data = sock.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        buf += data
+    return bytes(buf)
+
+
+def fill(sock: socket.socket) -> int:
+    """Send into a non-blocking socket until the kernel refuses; return bytes sent."""
+    sock.setblocking(False)
+    total = 0
+    chunk = b"x" * 65536
+    while True:
+        try:
+            total += sock.send(chunk)
+        except BlockingIOError:
+            return total
+
+
+def drain(sock: socket.socket) -> bytes:
+    """Read a non-blocking socket until EAGAIN."""
+    sock.setblocking(False)
+    out = bytearray()
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return bytes(out)
+        if not data:
+            return bytes(out)
+        out += data
+
+
+class Daemon:
+    """A line-echo subprocess, started and waited for by its ``listening on`` line."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [*LINE_ECHO, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, preexec_fn=preexec, cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("listening on "):
+            self.proc.kill()
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            raise AssertionError(f"daemon did not start: {line!r} {err}")
+        self.first_line = line
+        where = line[len("listening on "):].strip()
+        if where.startswith("unix:"):
+            self.address: tuple[str, int] | str = where[5:]
+        else:
+            host, port = where.rsplit(":", 1)
+            self.address = (host, int(port))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        if isinstance(self.address, str):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(self.address)
+            return s
+        s = socket.create_connection(self.address, timeout=timeout)
+        return s
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stderr_text(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+
+
+@pytest.fixture
+def daemon() -> Iterator[Callable[..., Daemon]]:
+    """``daemon(*args)`` starts line-echo on an ephemeral port; all are stopped at the end."""
+    started: list[Daemon] = []
+
+    def start(*args: str, **kw: object) -> Daemon:
+        argv = list(args)
+        if "--port" not in argv and "--unix" not in argv:
+            argv = ["--port", "0", *argv]
+        d = Daemon(argv, **kw)  # type: ignore[arg-type]
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()

@@ -1,0 +1,471 @@
+"""Connection and loop together on real sockets, in both selector modes.
+
+The loop runs in the test's thread (``run_until``); clients are plain sockets,
+or a thread when a transfer must overlap with the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import pytest
+
+from handlers.echo import LineEchoHandler
+from handlers.line import LineCodec
+from reactor import (BufferPool, CloseReason, Connection, FakeClock, Handler, Loop,
+                     broadcast)
+from tests.conftest import wait_for
+
+MODES = ["edge", "level"]
+
+
+def run_until(loop: Loop, predicate, timeout: float = 10.0, what: str = "condition"):
+    return wait_for(predicate, timeout, what, step=lambda: loop.run_once(0.01))
+
+
+class Recorder(Handler):
+    """Records every callback; echoes if asked."""
+
+    def __init__(self, echo: bool = False, sndbuf: int = 0) -> None:
+        self.echo = echo
+        self.sndbuf = sndbuf
+        self.conns: list[Connection] = []
+        self.messages: list[bytes] = []
+        self.events: list[str] = []
+        self.closed: list[CloseReason] = []
+
+    def on_connect(self, conn):
+        if self.sndbuf:  # a small kernel buffer makes backpressure reach the rings quickly
+            conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+        self.conns.append(conn)
+        self.events.append("connect")
+
+    def on_message(self, conn, msg):
+        self.messages.append(msg)
+        if self.echo:
+            conn.send(msg)
+
+    def on_paused(self, conn):
+        self.events.append("paused")
+
+    def on_writable(self, conn):
+        self.events.append("writable")
+
+    def on_close(self, conn, reason):
+        self.closed.append(reason)
+
+
+@pytest.fixture(params=MODES)
+def mode(request):
+    return request.param
+
+
+class Collect:
+    """Calling it runs the loop once, then reads what the client socket has (``<EOF>`` at the end)."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, timeout: float = 0.005) -> None:
+        self.loop, self.sock, self.timeout = loop, sock, timeout
+        self.got = bytearray()
+        sock.setblocking(False)
+
+    def __call__(self) -> None:
+        self.loop.run_once(self.timeout)
+        if self.got.endswith(b"<EOF>"):
+            return
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        self.got.extend(data if data else b"<EOF>")
+
+    def until_eof(self, timeout: float = 10.0) -> bytes:
+        wait_for(lambda: self.got.endswith(b"<EOF>"), timeout, "EOF at the client", step=self)
+        return bytes(self.got[:-5])
+
+
+def serve(loop: Loop, handler: Handler, max_line: int = 65536, **kw):
+    lst = loop.listen(("127.0.0.1", 0), lambda: handler, lambda: LineCodec(max_line), **kw)
+    return lst.address
+
+
+def client(addr) -> socket.socket:
+    return socket.create_connection(addr, timeout=10)
+
+
+def test_echo_round_trip(mode):
+    loop = Loop(selector=mode)
+    try:
+        h = LineEchoHandler()
+        addr = serve(loop, h)
+        c = client(addr)
+        c.sendall(b"one\ntwo\r\n\x00\xff\n")
+        col = Collect(loop, c)
+        wait_for(lambda: len(col.got) >= 12, what="echo", step=col)
+        assert bytes(col.got) == b"one\ntwo\r\n\x00\xff\n"
+        c.close()
+        run_until(loop, lambda: loop.connection_count == 0, what="close")
+        assert loop.pool.chunks_in_use == 0
+    finally:
+        loop.close()
+
+
+def test_burst_larger_than_read_budget_is_read_without_new_edges(mode):
+    """The classic ET stall: more bytes than one turn may read, and no further writes."""
+    loop = Loop(selector=mode, read_budget=4096)
+    try:
+        rec = Recorder()
+        addr = serve(loop, rec)
+        c = client(addr)
+        lines = [b"%06d" % i for i in range(30000)]  # 210,000 bytes >> 4096
+        payload = b"".join(line + b"\n" for line in lines)
+        run_until(loop, lambda: rec.conns, what="accept")
+        c.sendall(payload)  # the kernel holds it all (socket buffers are large on loopback)
+        # From here on the client is silent: every byte must still arrive.
+        run_until(loop, lambda: len(rec.messages) == len(lines), what="all lines")
+        assert rec.messages == lines
+        assert rec.conns[0].bytes_in == len(payload)
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_pipelined_megabyte_with_concurrent_reader(mode):
+    loop = Loop(selector=mode)
+    try:
+        addr = serve(loop, LineEchoHandler())
+        c = client(addr)
+        payload = b"".join(b"line %d of the megabyte\n" % i for i in range(45000))
+        assert len(payload) > 1 << 20
+        got = bytearray()
+
+        def reader():
+            while len(got) < len(payload):
+                data = c.recv(1 << 20)
+                if not data:
+                    return
+                got.extend(data)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        c.sendall(payload)
+        run_until(loop, lambda: len(got) >= len(payload), what="echo of 1 MiB")
+        t.join(5)
+        assert bytes(got) == payload
+    finally:
+        loop.close()
+
+
+def test_backpressure_pauses_reading_and_resumes_without_loss(mode):
+    loop = Loop(selector=mode)
+    try:
+        rec = Recorder(echo=True, sndbuf=16384)
+        addr = serve(loop, rec, high_water=32 * 1024, low_water=8 * 1024)
+        c = client(addr)
+        # (A tiny SO_RCVBUF on the client would stall loopback TCP itself: window
+        # updates below one MSS are withheld and the sender waits on persist timers.)
+        stream = memoryview(b"".join(b"%07d" % i + b"y" * 992 + b"\n" for i in range(8192)))
+        total = len(stream)  # 8,192,000 bytes
+        sent = 0
+        c.setblocking(False)
+
+        def send_more() -> None:
+            nonlocal sent
+            if sent < total:
+                try:
+                    sent += c.send(stream[sent:sent + 65536])
+                except BlockingIOError:
+                    pass
+
+        # The client writes but does not read: the server must pause, not buffer.
+        def step():
+            loop.run_once(0.005)
+            send_more()
+
+        wait_for(lambda: "paused" in rec.events and sent > 0, what="pause", step=step)
+        conn = rec.conns[0]
+        for _ in range(200):
+            step()
+        assert not conn.reading
+        assert conn.send_buffered <= 32 * 1024 + loop._read_budget + 64 * 1024
+        assert loop.pool.chunks_in_use < 40  # bounded, not 8 MB worth
+        assert sent < total  # and the client is blocked: the kernel buffers are full too
+        # Now read everything back: nothing may be lost or reordered.
+        got = bytearray()
+
+        def step2():
+            loop.run_once(0.005)
+            try:
+                got.extend(c.recv(1 << 20))
+            except BlockingIOError:
+                pass
+            send_more()
+
+        wait_for(lambda: len(got) >= total, timeout=60, what="echo", step=step2)
+        assert "writable" in rec.events
+        assert bytes(got) == stream.tobytes()
+    finally:
+        loop.close()
+
+
+def test_slow_consumer_is_aborted_at_hard_limit(mode):
+    class Pusher(Handler):
+        def on_connect(self, conn):
+            self.conn = conn
+            for _ in range(100):
+                conn.write(b"z" * 65536)
+
+        def on_close(self, conn, reason):
+            self.reason = reason
+
+    loop = Loop(selector=mode)
+    try:
+        p = Pusher()
+        addr = serve(loop, p, max_send_buffer=1 << 20, high_water=65536, low_water=1024)
+        c = client(addr)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        run_until(loop, lambda: getattr(p, "reason", None), what="close")
+        assert p.reason is CloseReason.SLOW_CONSUMER
+        assert loop.pool.chunks_in_use == 0
+        assert loop.stats()["closed"]["slow_consumer"] == 1
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_handler_exception_closes_only_that_connection(mode, caplog):
+    class Picky(Recorder):
+        def on_message(self, conn, msg):
+            if msg == b"boom":
+                raise RuntimeError("kaboom")
+            conn.send(msg)
+
+    loop = Loop(selector=mode)
+    try:
+        h = Picky()
+        addr = serve(loop, h)
+        bad, good = client(addr), client(addr)
+        run_until(loop, lambda: len(h.conns) == 2)
+        with caplog.at_level(logging.ERROR, logger="reactor"):
+            bad.sendall(b"ok\nboom\nnever\n")
+            run_until(loop, lambda: h.closed, what="bad closed")
+        assert h.closed == [CloseReason.HANDLER_ERROR]
+        assert sum("kaboom" in r.getMessage() for r in caplog.records) == 1
+        bad.settimeout(5)
+        assert bad.recv(100) == b"ok\n"  # what was queued before the error is flushed
+        good.sendall(b"still here\n")
+        col = Collect(loop, good)
+        wait_for(lambda: col.got == b"still here\n", step=col, what="good echo")
+    finally:
+        loop.close()
+
+
+def test_line_too_long_delivers_earlier_lines_then_closes(mode):
+    loop = Loop(selector=mode)
+    try:
+        addr = serve(loop, LineEchoHandler(), max_line=16)
+        c = client(addr)
+        c.sendall(b"short\n" + b"x" * 40 + b"\n")
+        assert Collect(loop, c).until_eof() == b"short\nERR line too long\n"
+        c.close()  # our FIN ends the server's linger
+        run_until(loop, lambda: loop.connection_count == 0, what="server side closed")
+        assert loop.stats()["closed"]["line_too_long"] == 1
+    finally:
+        loop.close()
+
+
+def test_half_close_echoes_lines_then_remainder_then_closes(mode):
+    loop = Loop(selector=mode)
+    try:
+        addr = serve(loop, LineEchoHandler())
+        c = client(addr)
+        c.sendall(b"a\nb\ntail")
+        c.shutdown(socket.SHUT_WR)
+        assert Collect(loop, c).until_eof() == b"a\nb\ntail"
+        assert loop.stats()["closed"]["peer_closed"] == 1
+    finally:
+        loop.close()
+
+
+def test_idle_timeout_and_heartbeat_follow_the_fake_clock(mode):
+    clock = FakeClock(1000.0)
+    loop = Loop(selector=mode, clock=clock)
+    try:
+        class H(Recorder):
+            def on_heartbeat(self, conn):
+                self.events.append("heartbeat")
+                conn.write(b"PING\n")
+
+        h = H()
+        addr = serve(loop, h, idle_timeout_s=5.0, heartbeat_s=2.0)
+        c = client(addr)
+        run_until(loop, lambda: h.conns)
+        clock.advance(1.5)
+        loop.run_once(0)
+        assert "heartbeat" not in h.events
+        clock.advance(0.6)
+        run_until(loop, lambda: "heartbeat" in h.events, what="heartbeat")
+        c.sendall(b"alive\n")
+        run_until(loop, lambda: h.messages, what="message")
+        clock.advance(4.0)  # 4 s after the last byte: not idle yet
+        for _ in range(5):
+            loop.run_once(0)
+        assert h.closed == []
+        clock.advance(1.1)
+        conn = h.conns[0]
+        run_until(loop, lambda: conn.close_reason, what="idle close")
+        assert conn.close_reason is CloseReason.IDLE_TIMEOUT
+        assert Collect(loop, c).until_eof() == b"PING\n" * h.events.count("heartbeat")
+        c.close()
+        run_until(loop, lambda: h.closed, what="on_close")
+        assert h.closed == [CloseReason.IDLE_TIMEOUT]
+    finally:
+        loop.close()
+
+
+def test_pool_exhaustion_is_backpressure_then_recovery_without_loss(mode):
+    pool = BufferPool(chunk_size=1024, chunks=16)
+    loop = Loop(selector=mode, pool=pool, read_reserve=4, read_budget=64 * 1024)
+    try:
+        addr = serve(loop, LineEchoHandler(), max_line=512, high_water=4096, low_water=1024)
+        clients = [client(addr) for _ in range(8)]
+        payloads = [b"".join(b"c%d-%05d\n" % (i, n) for n in range(20000)) for i in range(8)]
+        got = [bytearray() for _ in clients]
+        threads = []
+        for c, p, g in zip(clients, payloads, got):
+            def reader(c=c, p=p, g=g):
+                while len(g) < len(p):
+                    data = c.recv(65536)
+                    if not data:
+                        return
+                    g.extend(data)
+            threads.append(threading.Thread(target=reader))
+            threads.append(threading.Thread(target=c.sendall, args=(p,)))
+        for t in threads:
+            t.start()
+        run_until(loop, lambda: all(len(g) >= len(p) for g, p in zip(got, payloads)),
+                  timeout=60, what="all echoes")
+        for t in threads:
+            t.join(5)
+        assert [bytes(g) for g in got] == payloads
+        assert pool.stats().exhausted_total > 0  # the pool really ran dry
+        for c in clients:
+            c.close()
+        run_until(loop, lambda: loop.connection_count == 0)
+        assert pool.chunks_in_use == 0
+    finally:
+        loop.close()
+
+
+def test_pause_and_resume_reading(mode):
+    loop = Loop(selector=mode)
+    try:
+        rec = Recorder()
+        addr = serve(loop, rec)
+        c = client(addr)
+        run_until(loop, lambda: rec.conns)
+        conn = rec.conns[0]
+        conn.pause_reading()
+        c.sendall(b"1\n2\n")
+        for _ in range(20):
+            loop.run_once(0.005)
+        assert rec.messages == []
+        conn.resume_reading()
+        run_until(loop, lambda: rec.messages == [b"1", b"2"], what="resume")
+    finally:
+        loop.close()
+
+
+def test_outgoing_connect_and_failure(mode):
+    loop = Loop(selector=mode)
+    try:
+        addr = serve(loop, LineEchoHandler())
+        out = Recorder()
+        conn = loop.connect(addr, lambda: out, LineCodec)
+        conn.send(b"queued before connect")
+        run_until(loop, lambda: out.messages, what="echo over outgoing connection")
+        assert out.messages == [b"queued before connect"]
+        conn.close()
+        run_until(loop, lambda: out.closed)
+        # A port nobody listens on.
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        failed = Recorder()
+        conn2 = loop.connect(("127.0.0.1", port), lambda: failed, LineCodec)
+        run_until(loop, lambda: failed.closed, what="connect failure")
+        assert failed.closed == [CloseReason.CONNECT_FAILED]
+        assert isinstance(conn2.error, OSError)
+        assert "connect" not in failed.events
+    finally:
+        loop.close()
+
+
+def test_broadcast_skips_peers_above_their_watermark(mode):
+    loop = Loop(selector=mode)
+    try:
+        rec = Recorder(sndbuf=8192)
+        addr = serve(loop, rec, high_water=16 * 1024, low_water=4096)
+        slow, fast = client(addr), client(addr)
+        run_until(loop, lambda: len(rec.conns) == 2)
+        by_port = {c.peer[1]: c for c in rec.conns}
+        slow_conn = by_port[slow.getsockname()[1]]
+        fast_conn = by_port[fast.getsockname()[1]]
+        step = Collect(loop, fast, timeout=0.001)
+        received = step.got
+        skipped_total = 0
+        fast_expected = 0
+        msg = b"m" * 4095 + b"\n"
+
+        for _ in range(400):
+            fast_expected += fast_conn.writable
+            res = broadcast(rec.conns, msg)
+            skipped_total += res.skipped
+            step()
+        assert skipped_total > 0 and not slow_conn.writable
+        assert slow_conn.send_buffered <= 16 * 1024 + len(msg)  # skipped, not queued for
+        assert loop.stats()["broadcast_skipped"] == skipped_total
+        wait_for(lambda: len(received) >= fast_expected * len(msg), step=step, what="fast peer")
+        assert bytes(received) == msg * fast_expected
+        assert fast_expected >= 390  # the slow peer did not hold the fast one back
+    finally:
+        loop.close()
+
+
+def test_graceful_close_lingers_so_replies_are_not_reset(mode):
+    """Server closes while the client is still sending: the reply must arrive whole."""
+
+    class ReplyThenClose(Handler):
+        def on_message(self, conn, msg):
+            conn.write(b"R" * 200000)
+            conn.close()
+
+    loop = Loop(selector=mode)
+    try:
+        addr = serve(loop, ReplyThenClose())
+        c = client(addr)
+        c.sendall(b"go\n" + b"noise" * 20000)  # unread bytes pending at close
+        got = bytearray()
+
+        def reader():
+            c.settimeout(10)
+            while True:
+                try:
+                    data = c.recv(65536)
+                except ConnectionResetError:
+                    got.extend(b"<RST>")
+                    return
+                if not data:
+                    return
+                got.extend(data)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        run_until(loop, lambda: not t.is_alive() or loop.connection_count == 0)
+        c.shutdown(socket.SHUT_WR)  # the client's FIN ends the linger
+        run_until(loop, lambda: not t.is_alive(), what="client sees EOF")
+        assert bytes(got) == b"R" * 200000
+    finally:
+        loop.close()
