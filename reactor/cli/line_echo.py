@@ -1,0 +1,134 @@
+"""line-echo: the reference service. argparse -> ServerConfig -> run_server -> exit status.
+
+This module sits above the core (it imports ``handlers``); nothing in the core
+imports it. Exit status: 0 after a drain, 1 if the address cannot be bound,
+2 for bad arguments (one line on stderr each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from handlers.echo import ERR_SERVER_FULL, LineEchoHandler
+from handlers.line import LineCodec
+from reactor.connection import ConnectionOptions
+from reactor.server import ServerConfig, bind_sockets, format_address, run_server
+
+PROG = "line-echo"
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def _count(minimum: int):  # noqa: ANN202
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be <= 65535, not {value}")
+    return value
+
+
+def _level(text: str) -> str:
+    if text.lower() not in _LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(_LEVELS)}, not {text!r}")
+    return text.lower()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Echo every newline-terminated line back, byte for byte.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=9000, help="TCP port; 0 picks one (default 9000)")
+    p.add_argument("--unix", metavar="PATH", help="listen on a unix socket instead of TCP")
+    p.add_argument("--workers", type=_count(1), default=1, metavar="N",
+                   help="worker processes sharing the port (SO_REUSEPORT); default 1")
+    p.add_argument("--max-conns", type=_count(1), metavar="N",
+                   help="connection cap per worker (default: RLIMIT_NOFILE less 32)")
+    p.add_argument("--max-line", type=_count(1), default=65536, metavar="BYTES",
+                   help="longest line accepted, newline included (default 65536)")
+    p.add_argument("--idle-timeout", type=_seconds, default=300.0, metavar="SEC",
+                   help="close a connection silent for SEC seconds; 0 = off (default 300)")
+    p.add_argument("--heartbeat", type=_seconds, default=0.0, metavar="SEC",
+                   help="send PING after SEC seconds with nothing sent; 0 = off (default)")
+    p.add_argument("--drain-timeout", type=_seconds, default=10.0, metavar="SEC",
+                   help="on SIGTERM/SIGINT, how long to drain before dropping (default 10)")
+    p.add_argument("--stats-socket", metavar="PATH",
+                   help="serve the reactor's internals as JSON on this unix socket (mode 0600)")
+    p.add_argument("--backlog", type=_count(1), default=1024, metavar="N",
+                   help="listen backlog (default 1024; the kernel caps it at somaxconn)")
+    p.add_argument("--log-level", type=_level, default="info", metavar="LEVEL",
+                   help=f"one of {', '.join(_LEVELS)} (default info); logs go to stderr")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    address = args.unix if args.unix else (args.host, args.port)
+    config = ServerConfig(
+        address=address,
+        workers=args.workers,
+        backlog=args.backlog,
+        max_conns=args.max_conns,
+        reject_message=ERR_SERVER_FULL,
+        drain_timeout_s=args.drain_timeout,
+        stats_socket=args.stats_socket,
+        options=ConnectionOptions(idle_timeout_s=args.idle_timeout, heartbeat_s=args.heartbeat),
+    )
+    try:
+        sockets = bind_sockets(address, args.workers, args.backlog)
+    except OSError as exc:
+        print(f"{PROG}: cannot listen on {format_address(address)}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    where = format_address(sockets[0].getsockname())
+    max_line = args.max_line
+    handler = LineEchoHandler()
+    try:
+        return run_server(config, lambda: handler, lambda: LineCodec(max_line), sockets,
+                          on_ready=lambda: print(f"listening on {where}", flush=True))
+    except OSError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Running a service: bind, serve in one process or N workers, drain on SIGTERM.
+
+What every daemon built on the library needs around its handler, so CLIs stay
+thin: ``bind_sockets`` claims the address (refusing a port another process
+already holds, SO_REUSEPORT or not), ``run_server`` serves it in this process
+or forks ``workers`` processes that share the port and supervises them
+(restart on death, SIGTERM/SIGINT forwarded). The first SIGTERM or SIGINT
+drains gracefully within ``drain_timeout_s``; a second one ends at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any, Callable
+
+from .connection import ConnectionOptions
+from .loop import Loop, _bind
+from .protocols import Codec, Handler
+from .stats import serve_stats
+
+__all__ = ["ServerConfig", "bind_sockets", "run_server", "format_address"]
+
+log = logging.getLogger("reactor")
+
+_RESTART_BACKOFF_MAX_S = 5.0
+_KILL_GRACE_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How to serve. ``address`` is ``(host, port)`` or a unix socket path."""
+
+    address: tuple[str, int] | str
+    workers: int = 1
+    backlog: int = 1024
+    max_conns: int | None = None
+    reject_message: bytes | None = None
+    drain_timeout_s: float = 10.0
+    stats_socket: str | None = None
+    options: ConnectionOptions = dataclasses.field(default_factory=ConnectionOptions)
+    chunk_size: int = 16 * 1024
+    pool_chunks: int = 4096
+
+
+def format_address(addr: Any) -> str:
+    """``HOST:PORT`` for a TCP address, ``unix:PATH`` for a unix one."""
+    if isinstance(addr, str):
+        return f"unix:{addr}"
+    return f"{addr[0]}:{addr[1]}"
+
+
+def bind_sockets(address: tuple[str, int] | str, workers: int = 1,
+                 backlog: int = 1024) -> list[socket.socket]:
+    """Bind and listen; one socket per worker for TCP with workers > 1, else one.
+
+    Workers share a TCP port through SO_REUSEPORT. SO_REUSEPORT would also let
+    this daemon silently join another process's port, so the address is first
+    claimed by a probe socket *without* it: if anyone holds the port, that bind
+    fails and so do we. Raises OSError (e.g. EADDRINUSE, EACCES).
+    """
+    if isinstance(address, str) or workers == 1:
+        return [_bind(address, backlog, False, None)]
+    host, port = address
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    probe = socket.socket(info[0], socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(info[4])
+        bound = probe.getsockname()
+    finally:
+        probe.close()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(workers):
+            socks.append(_bind((bound[0], bound[1]), backlog, True, None))
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def run_server(
+    config: ServerConfig,
+    handler_factory: Callable[[], Handler],
+    codec_factory: Callable[[], Codec],
+    sockets: list[socket.socket],
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT and a drain; returns the exit status (0).
+
+    ``on_ready`` runs once everything listens (the stats socket included).
+    Raises OSError if the stats socket cannot be bound.
+    """
+    if config.workers > 1:
+        return _Supervisor(config, handler_factory, codec_factory, sockets).run(on_ready)
+    return _serve_one(config, handler_factory, codec_factory, sockets[0], stats=True,
+                      on_ready=on_ready)
+
+
+def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
+               codec_factory: Callable[[], Codec], sock: socket.socket, *,
+               stats: bool, worker: int | None = None,
+               on_ready: Callable[[], None] | None = None) -> int:
+    loop = Loop(chunk_size=config.chunk_size, pool_chunks=config.pool_chunks)
+    try:
+        loop.listen(sock.getsockname(), handler_factory, codec_factory, sock=sock,
+                    backlog=config.backlog, max_conns=config.max_conns,
+                    reject_message=config.reject_message, options=config.options)
+        if stats and config.stats_socket:
+            serve_stats(loop, config.stats_socket)
+        signals = {"count": 0}
+
+        def on_signal(signame: str) -> None:
+            signals["count"] += 1
+            if signals["count"] == 1:
+                log.info("%s: draining %d connection(s) (up to %g s)", signame,
+                         loop.connection_count, config.drain_timeout_s)
+                loop.shutdown(config.drain_timeout_s)
+            else:
+                loop.abort_all(f"second {signame}")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        log.info("serving on %s (%s%s)", format_address(sock.getsockname()),
+                 loop.selector_name, f", worker {worker}" if worker is not None else "")
+        if on_ready is not None:
+            on_ready()
+        loop.run()
+    finally:
+        loop.close()
+    return 0
+
+
+class _Supervisor:
+    """The parent of ``workers`` processes: forks, restarts, forwards signals."""
+
+    def __init__(self, config: ServerConfig, handler_factory: Callable[[], Handler],
+                 codec_factory: Callable[[], Codec], sockets: list[socket.socket]) -> None:
+        self.config = config
+        self.handler_factory = handler_factory
+        self.codec_factory = codec_factory
+        self.sockets = sockets
+        self.loop = Loop(pool_chunks=16)
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.started: dict[int, float] = {}  # worker index -> start time
+        self.backoff: dict[int, float] = {}
+        self.stopping = False
+        self.signals = 0
+        self.restarts = 0
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        loop = self.loop
+        try:
+            if self.config.stats_socket:
+                serve_stats(loop, self.config.stats_socket, self._stats_extra)
+            if on_ready is not None:
+                on_ready()
+            loop.add_signal_handler(signal.SIGCHLD, self._reap)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig.name)
+            for i in range(self.config.workers):
+                self._spawn(i)
+            loop.run()
+        finally:
+            for pid in list(self.children):
+                _kill(pid, signal.SIGKILL)
+            self._reap_all(block=True)
+            loop.close()
+        return 0
+
+    def _stats_extra(self) -> dict[str, Any]:
+        return {
+            "role": "supervisor",
+            "workers": [{"index": i, "pid": pid} for pid, i in sorted(self.children.items())],
+            "restarts": self.restarts,
+        }
+
+    def _spawn(self, index: int) -> None:
+        sock = self.sockets[index if len(self.sockets) > 1 else 0]
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                self.loop.close_after_fork()
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent, which forwards it
+                _die_with_parent()
+                for s in self.sockets:
+                    if s is not sock:
+                        s.close()
+                code = _serve_one(self.config, self.handler_factory, self.codec_factory, sock,
+                                  stats=False, worker=index)
+            except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = index
+        self.started[index] = time.monotonic()
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def _reap(self) -> None:
+        for pid, status in self._reap_all(block=False):
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            if self.stopping:
+                log.info("worker %d (pid %d) exited", index, pid)
+                continue
+            why = (f"signal {signal.Signals(-status).name}" if status < 0
+                   else f"status {status}")
+            lived = time.monotonic() - self.started.get(index, 0.0)
+            delay = 0.0 if lived > 1.0 else min(_RESTART_BACKOFF_MAX_S,
+                                               max(0.1, 2 * self.backoff.get(index, 0.0)))
+            self.backoff[index] = delay
+            log.warning("worker %d (pid %d) died (%s); restarting in %.1f s", index, pid, why,
+                        delay)
+            self.restarts += 1
+            self.loop.call_later(delay, self._respawn, index)
+        if self.stopping and not self.children:
+            self.loop.stop()
+
+    def _respawn(self, index: int) -> None:
+        if not self.stopping and index not in self.children.values():
+            self._spawn(index)
+
+    def _reap_all(self, block: bool) -> list[tuple[int, int]]:
+        out = []
+        while self.children:
+            try:
+                pid, raw = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            out.append((pid, os.waitstatus_to_exitcode(raw)))
+            if block:
+                self.children.pop(pid, None)
+        return out
+
+    def _on_signal(self, signame: str) -> None:
+        self.signals += 1
+        self.stopping = True
+        for pid in self.children:
+            _kill(pid, signal.SIGTERM)
+        if self.signals == 1:
+            log.info("%s: stopping %d worker(s)", signame, len(self.children))
+            self.loop.call_later(self.config.drain_timeout_s + _KILL_GRACE_S, self._kill_all)
+        else:
+            self.loop.call_later(1.0, self._kill_all)
+        if not self.children:
+            self.loop.stop()
+
+    def _kill_all(self) -> None:
+        for pid in self.children:
+            _kill(pid, signal.SIGKILL)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """Linux: ask for SIGTERM when the supervisor dies, so workers never outlive it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass

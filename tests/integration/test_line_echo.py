@@ -1,0 +1,389 @@
+"""The line-echo daemon, black-box: its whole contract, point by point, over real sockets."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import LINE_ECHO, ROOT, recv_exactly, recv_until_eof, wait_for
+
+
+def echo_ok(d, payload: bytes = b"ping\n") -> None:
+    """The daemon still serves: a fresh connection gets its line back."""
+    with d.connect() as s:
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
+def test_listening_line_and_default_address(daemon):
+    d = daemon()
+    assert d.first_line.startswith("listening on 127.0.0.1:")
+    assert d.address[1] > 0
+    echo_ok(d)
+
+
+def test_lines_are_echoed_byte_for_byte_including_cr_nul_and_invalid_utf8(daemon):
+    d = daemon()
+    with d.connect() as s:
+        payload = b"plain\ncrlf\r\n\x00nul\x00\n\xff\xfe\xc3(\n\r\n\n"
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
+def test_partial_lines_across_sends_and_many_lines_per_send(daemon):
+    d = daemon()
+    with d.connect() as s:
+        s.sendall(b"hel")
+        time.sleep(0.05)  # let the server see the partial line on its own
+        s.sendall(b"lo\nwor")
+        assert recv_exactly(s, 6) == b"hello\n"
+        s.sendall(b"ld\n" + b"".join(b"%d\n" % i for i in range(1000)))
+        want = b"world\n" + b"".join(b"%d\n" % i for i in range(1000))
+        assert recv_exactly(s, len(want)) == want
+
+
+def test_pipelined_megabyte_in_one_send(daemon):
+    d = daemon()
+    with d.connect() as s:
+        payload = b"".join(b"pipelined line %08d\n" % i for i in range(50000))
+        assert len(payload) >= 1 << 20
+        got = bytearray()
+        t = threading.Thread(target=lambda: got.extend(recv_exactly(s, len(payload), 60)))
+        t.start()
+        s.sendall(payload)
+        t.join(60)
+        assert bytes(got) == payload
+
+
+def test_max_line_exact_boundary_and_error(daemon):
+    d = daemon("--max-line", "100")
+    with d.connect() as s:
+        ok = b"a" * 99 + b"\n"  # exactly 100 bytes with the newline: accepted
+        s.sendall(ok)
+        assert recv_exactly(s, 100) == ok
+    with d.connect() as s:
+        s.sendall(b"before\n" + b"b" * 100 + b"\n")  # 101 bytes: refused
+        assert recv_until_eof(s) == b"before\nERR line too long\n"
+    echo_ok(d)
+
+
+def test_oversized_line_without_newline_is_refused_with_bounded_memory(daemon):
+    d = daemon()
+    with d.connect() as s:
+        blob = b"q" * (10 * 1024 * 1024)
+        out = bytearray()
+        reader = threading.Thread(target=lambda: out.extend(recv_until_eof(s, 30)))
+        reader.start()
+        try:
+            s.sendall(b"first\n" + blob)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close before all 10 MiB went out
+        reader.join(30)
+        assert bytes(out) == b"first\nERR line too long\n"
+    echo_ok(d)
+
+
+def test_half_close_echoes_lines_then_partial_then_closes(daemon):
+    d = daemon()
+    with d.connect() as s:
+        s.sendall(b"one\ntwo\npartial")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(s) == b"one\ntwo\npartial"
+
+
+def test_idle_timeout_closes_a_silent_connection(daemon):
+    d = daemon("--idle-timeout", "0.5")
+    with d.connect() as s:
+        start = time.monotonic()
+        s.sendall(b"hi\n")
+        assert recv_until_eof(s, 10) == b"hi\n"
+        assert 0.4 < time.monotonic() - start < 5
+
+
+def test_idle_timeout_zero_is_off_and_busy_connections_stay(daemon):
+    d = daemon("--idle-timeout", "0.6")
+    with d.connect() as s:
+        for i in range(8):  # 1.6 s in all, but never 0.6 s silent
+            s.sendall(b"%d\n" % i)
+            assert recv_exactly(s, 2) == b"%d\n" % i
+            time.sleep(0.2)
+    d2 = daemon("--idle-timeout", "0")
+    with d2.connect() as s:
+        time.sleep(1.0)
+        s.sendall(b"still\n")
+        assert recv_exactly(s, 6) == b"still\n"
+
+
+def test_heartbeat_sends_ping_when_nothing_was_sent(daemon):
+    d = daemon("--heartbeat", "0.3")
+    with d.connect() as s:
+        start = time.monotonic()
+        assert recv_exactly(s, 5) == b"PING\n"
+        assert time.monotonic() - start >= 0.25
+        s.sendall(b"x\n")
+        assert recv_exactly(s, 2) == b"x\n"
+        assert recv_exactly(s, 5) == b"PING\n"
+
+
+def test_connection_cap_refuses_with_server_full_and_keeps_serving(daemon):
+    d = daemon("--max-conns", "3")
+    held = [d.connect() for _ in range(3)]
+    for s in held:
+        s.sendall(b"in\n")
+        assert recv_exactly(s, 3) == b"in\n"
+    fds = d.fd_count()
+    for _ in range(5):
+        with d.connect() as extra:
+            assert recv_until_eof(extra) == b"ERR server full\n"
+    wait_for(lambda: d.fd_count() == fds, what="no fd leaked by refusals")
+    held[0].close()
+    wait_for(lambda: d.fd_count() == fds - 1, what="slot freed")
+    echo_ok(d)
+    for s in held[1:]:
+        s.sendall(b"still\n")
+        assert recv_exactly(s, 6) == b"still\n"
+        s.close()
+
+
+def test_thousand_connections_round_trip(daemon):
+    d = daemon()
+    socks = [d.connect() for _ in range(1000)]
+    try:
+        for i, s in enumerate(socks):
+            s.sendall(b"conn %d\n" % i)
+        for i, s in enumerate(socks):
+            assert recv_exactly(s, len(b"conn %d\n" % i)) == b"conn %d\n" % i
+        wait_for(lambda: d.fd_count() >= 1000, what="server holds 1000 fds")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_slow_reader_backpressure_keeps_memory_flat_and_loses_nothing(daemon):
+    d = daemon()
+    with d.connect() as s:
+        payload = b"".join(b"slow reader %07d\n" % i for i in range(400000))  # ~8 MB
+        writer = threading.Thread(target=s.sendall, args=(payload,))
+        writer.start()
+        time.sleep(1.0)  # the client reads nothing for a while
+        rss_paused = _rss(d.pid)
+        got = recv_exactly(s, len(payload), 60)
+        writer.join(10)
+        assert got == payload
+        assert rss_paused < 200 * 1024 * 1024
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_sigterm_drains_every_complete_line_then_exits_zero(daemon):
+    d = daemon("--drain-timeout", "10")
+    clients = [d.connect() for _ in range(20)]
+    payloads = [b"".join(b"c%d line %d\n" % (i, n) for n in range(2000)) + b"unfinished"
+                for i in range(20)]
+    for s, p in zip(clients, payloads):
+        s.sendall(p)
+    for s, p in zip(clients, payloads):  # the kernel has them all: wait for the first echo
+        s.settimeout(10)
+        assert s.recv(1) == p[:1]
+    d.signal(signal.SIGTERM)
+    for s, p in zip(clients, payloads):
+        want = p[1:p.rindex(b"\n") + 1]
+        got = recv_until_eof(s, 20)
+        assert got == want
+    assert d.wait(20) == 0
+
+
+def test_sigterm_with_a_peer_that_never_reads_ends_at_drain_timeout(daemon):
+    d = daemon("--drain-timeout", "1")
+    s = d.connect()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    blob = b"z" * 1000 + b"\n"
+    sent = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # fill both directions until the server stops reading
+        try:
+            sent += s.send(blob * 64)
+        except BlockingIOError:
+            time.sleep(0.05)
+            try:
+                sent += s.send(blob * 64)
+            except BlockingIOError:
+                break
+    start = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait(20) == 0
+    assert time.monotonic() - start < 8
+    assert "drain timeout" in d.stderr_text()
+    s.close()
+
+
+def test_second_signal_exits_at_once(daemon):
+    d = daemon("--drain-timeout", "30")
+    s = d.connect()
+    s.setblocking(False)
+    blob = b"w" * 1000 + b"\n"
+    for _ in range(2000):  # a peer that does not read holds the drain open
+        try:
+            s.send(blob * 64)
+        except BlockingIOError:
+            break
+    d.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    start = time.monotonic()
+    d.signal(signal.SIGINT)
+    assert d.wait(10) == 0
+    assert time.monotonic() - start < 5
+    s.close()
+
+
+def test_sigint_drains_like_sigterm(daemon):
+    d = daemon()
+    with d.connect() as s:
+        s.sendall(b"x\n")
+        assert recv_exactly(s, 2) == b"x\n"
+        d.signal(signal.SIGINT)
+        assert recv_until_eof(s) == b""
+    assert d.wait(20) == 0
+
+
+def test_unix_socket(daemon, tmp_path):
+    path = str(tmp_path / "echo.sock")
+    d = daemon("--unix", path)
+    assert d.first_line.strip() == f"listening on unix:{path}"
+    echo_ok(d, b"over unix\n")
+
+
+def test_stats_socket_answers_json_with_mode_0600(daemon, tmp_path):
+    from reactor import read_stats
+
+    path = str(tmp_path / "stats.sock")
+    d = daemon("--stats-socket", path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with d.connect() as s:
+        s.sendall(b"hello\n")
+        assert recv_exactly(s, 6) == b"hello\n"
+        doc = read_stats(path)
+        assert doc["version"] == 1 and doc["pid"] == d.pid
+        assert doc["connections"] == 1 and doc["accepted"] == 1
+        assert doc["bytes_in"] == 6 and doc["bytes_out"] == 6
+        assert doc["edge_triggered"] is True
+        assert doc["chunks"]["chunks_in_use"] == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--port", "abc"], "--port"),
+    (["--port", "70000"], "--port"),
+    (["--workers", "0"], "--workers"),
+    (["--max-line", "-1"], "--max-line"),
+    (["--idle-timeout", "soon"], "--idle-timeout"),
+    (["--log-level", "loud"], "--log-level"),
+    (["--bogus"], "--bogus"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, needle):
+    r = subprocess.run([*LINE_ECHO, *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("line-echo: error:")
+    assert r.stdout == ""
+
+
+def test_port_in_use_exits_1_with_one_line(daemon):
+    d = daemon()
+    host, port = d.address
+    for extra in ([], ["--workers", "2"]):
+        r = subprocess.run([*LINE_ECHO, "--port", str(port), *extra], capture_output=True,
+                           text=True, timeout=30, cwd=ROOT)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "in use" in lines[0].lower(), lines
+    echo_ok(d)
+
+
+def test_bind_refused_exits_1():
+    r = subprocess.run([*LINE_ECHO, "--host", "192.0.2.1", "--port", "0"], capture_output=True,
+                       text=True, timeout=30, cwd=ROOT)  # an address this host does not have
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_workers_share_the_port_and_a_killed_worker_is_restarted(daemon, tmp_path):
+    import json
+
+    from reactor import read_stats
+
+    path = str(tmp_path / "stats.sock")
+    d = daemon("--workers", "2", "--stats-socket", path)
+    for i in range(50):
+        echo_ok(d, b"w%d\n" % i)
+    doc = read_stats(path)
+    pids = [w["pid"] for w in doc["workers"]]
+    assert len(pids) == 2, json.dumps(doc)
+    os.kill(pids[0], signal.SIGKILL)
+    wait_for(lambda: len({w["pid"] for w in read_stats(path)["workers"]} - set(pids)) == 1,
+             what="a new worker")
+    for i in range(20):
+        echo_ok(d, b"after %d\n" % i)
+    d.signal(signal.SIGTERM)
+    assert d.wait(30) == 0
+
+
+def test_emfile_is_refused_without_spinning_and_serving_goes_on(tmp_path):
+    """RLIMIT_NOFILE lowered in the daemon: excess connections get ERR server full."""
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    from tests.conftest import Daemon
+
+    d = Daemon(["--port", "0", "--max-conns", "1000", "--log-level", "warning"],
+               preexec=low_limit)
+    try:
+        held = []
+        refused = 0
+        for i in range(60):
+            s = d.connect()
+            s.sendall(b"n%d\n" % i)
+            s.settimeout(10)
+            data = s.recv(100)
+            if data == b"ERR server full\n":
+                refused += 1
+                s.close()
+            else:
+                assert data == b"n%d\n" % i
+                held.append(s)
+        assert refused > 0 and len(held) > 10
+        cpu0 = _cpu_ticks(d.pid)
+        time.sleep(1.0)
+        assert _cpu_ticks(d.pid) - cpu0 < 50  # < 0.5 s of CPU in 1 s: not spinning
+        for s in held[:5]:
+            s.close()
+        time.sleep(0.2)
+        echo_ok(d, b"after the storm\n")
+        for s in held[5:]:
+            s.sendall(b"alive\n")
+            assert recv_exactly(s, 6) == b"alive\n"
+            s.close()
+        d.signal(signal.SIGTERM)
+        assert d.wait(20) == 0
+        err = d.stderr_text()
+        assert "out of file descriptors" in err
+        assert err.count("out of file descriptors") <= 3  # rate-limited
+    finally:
+        d.stop()
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
