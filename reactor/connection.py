@@ -93,9 +93,10 @@ class ConnectionOptions:
     keepalive: bool = False  #: SO_KEEPALIVE
     nodelay: bool = True  #: TCP_NODELAY
     linger_s: float = 2.0  #: how long a graceful close waits for the peer's FIN
+    close_timeout_s: float = 30.0  #: a graceful close that has not flushed by then is aborted
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout_s", "heartbeat_s", "linger_s"):
+        for name in ("idle_timeout_s", "heartbeat_s", "linger_s", "close_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not 0 <= self.low_water <= self.high_water:
@@ -203,6 +204,12 @@ class Connection:
     def reading(self) -> bool:
         """True while the connection reads from its peer."""
         return self._state == OPEN and not self._pause
+
+    @property
+    def paused(self) -> bool:
+        """True while an open connection holds off reading: by request, for backpressure,
+        or because the buffer pool is short."""
+        return self._state == OPEN and bool(self._pause & (P_USER | P_BACKPRESSURE | P_STARVED))
 
     def fileno(self) -> int:
         return self._fd
@@ -460,7 +467,7 @@ class Connection:
             self._hb_timer = wheel.call_later(opts.heartbeat_s, self._heartbeat_fired)
 
     def _idle_fired(self) -> None:
-        if self._state <= CLOSING:
+        if self._state == OPEN:
             self._call("on_idle")
 
     def _heartbeat_fired(self) -> None:
@@ -488,9 +495,19 @@ class Connection:
             self._sync_interest()
         if not self._tx:
             self._finish_close()
-        elif not self._flush_queued and not self._write_blocked:
+            return
+        # A peer that never reads must not hold a closing connection forever.
+        self._aux_timer = self._loop._wheel.call_later(self._opts.close_timeout_s,
+                                                       self._close_expired)
+        if not self._flush_queued and not self._write_blocked:
             self._flush_queued = True
             self._loop._flushq.append(self)
+
+    def _close_expired(self) -> None:
+        if self._state == CLOSING:
+            log.debug("connection %s: close did not flush %d bytes in %g s", self.id,
+                      len(self._tx), self._opts.close_timeout_s)
+            self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
 
     def abort(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
         """Close at once, dropping whatever is still queued for the peer."""
@@ -669,7 +686,7 @@ class Connection:
             "rx_bytes": len(self._rx),
             "tx_bytes": len(self._tx),
             "age_s": round(now - self.created_at, 3),
-            "paused": bool(self._pause & (P_USER | P_BACKPRESSURE | P_STARVED)),
+            "paused": self.paused,
         }
 
 

@@ -275,11 +275,15 @@ class Listener:
         if self._paused or self._closed:
             return
         self._paused = True
+        if not self._loop._edge:  # a level-triggered listener would report itself ready all along
+            self._loop._selector.set_interest(self._fd, False, False)
         self._retry = self._loop._wheel.call_later(_RETRY_S, self._resume)
 
     def _resume(self) -> None:
         self._paused = False
         self._retry = None
+        if not self._loop._edge and not self._closed:
+            self._loop._selector.set_interest(self._fd, True, False)
         if not self._closed:
             self._reserve.reacquire()
             self._accept_some()

@@ -43,7 +43,7 @@ def loop_stats(loop: Loop, extra: dict[str, Any] | None = None) -> dict[str, Any
     for c in conns:
         rx += c.recv_buffered
         tx += c.send_buffered
-        paused += not c.reading and not c.closed
+        paused += c.paused
     top = sorted(conns, key=lambda c: c.recv_buffered + c.send_buffered, reverse=True)[:_TOP_N]
     closed = {r.value: n for r, n in loop._closed_by_reason.items()}
     doc: dict[str, Any] = {

@@ -86,6 +86,32 @@ def drain(sock: socket.socket) -> bytes:
         out += data
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks (1/100 s)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def connect_many_expect_refusals(connect: Callable[[], socket.socket], n: int,
+                                 refusal: bytes = b"ERR server full\n"
+                                 ) -> tuple[list[socket.socket], int]:
+    """Open n connections, each sending one line; return (echoed and held, refused count)."""
+    held, refused = [], 0
+    for i in range(n):
+        s = connect()
+        s.sendall(b"n%d\n" % i)
+        s.settimeout(10)
+        data = s.recv(100)
+        if data == refusal:
+            refused += 1
+            s.close()
+        else:
+            assert data == b"n%d\n" % i
+            held.append(s)
+    return held, refused
+
+
 class Daemon:
     """A line-echo subprocess, started and waited for by its ``listening on`` line."""
 

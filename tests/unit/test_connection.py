@@ -469,3 +469,27 @@ def test_graceful_close_lingers_so_replies_are_not_reset(mode):
         assert bytes(got) == b"R" * 200000
     finally:
         loop.close()
+
+
+def test_close_to_a_peer_that_never_reads_ends_at_close_timeout(mode):
+    class BigReplyThenClose(Recorder):
+        def on_message(self, conn, msg):
+            conn.write(b"B" * (2 << 20))
+            conn.close()
+
+    loop = Loop(selector=mode)
+    try:
+        h = BigReplyThenClose(sndbuf=8192)
+        addr = serve(loop, h, close_timeout_s=0.3, max_send_buffer=8 << 20, high_water=4 << 20,
+                     low_water=1 << 20)
+        c = client(addr)
+        c.sendall(b"go\n")
+        run_until(loop, lambda: h.conns and h.conns[0].close_reason, what="closing")
+        conn = h.conns[0]
+        assert not conn.closed  # still flushing to a peer that does not read
+        run_until(loop, lambda: h.closed, what="close timeout")
+        assert h.closed == [CloseReason.LOCAL_CLOSE]
+        assert loop.pool.chunks_in_use == 0
+        c.close()
+    finally:
+        loop.close()
