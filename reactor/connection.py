@@ -123,7 +123,7 @@ class Connection:
         "_loop", "_sock", "_fd", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
         "_eof", "_hup", "_draining", "_drain_left", "_idle_timer", "_hb_timer",
-        "_aux_timer", "_reason", "_counted", "id", "peer", "created_at",
+        "_aux_timer", "_reason", "_counted", "_last_rx", "id", "peer", "created_at",
         "bytes_in", "bytes_out", "error", "user_data",
     )
 
@@ -164,7 +164,7 @@ class Connection:
         self._counted = counted
         self.id = conn_id
         self.peer = peer
-        self.created_at = loop.time()
+        self.created_at = self._last_rx = loop.time()
         self.bytes_in = 0
         self.bytes_out = 0
         self.error: OSError | None = None
@@ -391,6 +391,7 @@ class Connection:
             rx.commit(n)
             self.bytes_in += n
             loop._bytes_in += n
+            self._last_rx = loop._now
             if self._idle_timer is not None:
                 loop._wheel.rearm(self._idle_timer, self._opts.idle_timeout_s)
             self._deliver()
@@ -686,6 +687,7 @@ class Connection:
             "rx_bytes": len(self._rx),
             "tx_bytes": len(self._tx),
             "age_s": round(now - self.created_at, 3),
+            "idle_s": round(max(0.0, now - self._last_rx), 3),
             "paused": self.paused,
         }
 

@@ -134,7 +134,7 @@ class Listener:
         "_loop", "_sock", "_fd", "_handler_factory", "_codec_factory", "_opts",
         "max_conns", "reject_message", "accept_budget", "_reserve", "_paused",
         "_retry", "_counted", "_warned_at", "_unwarned", "address", "family",
-        "accepted_total", "rejected_total", "fd_exhausted_total", "_closed",
+        "accepted_total", "rejected_total", "fd_exhausted_total", "_closed", "on_close",
     )
 
     def __init__(
@@ -172,6 +172,8 @@ class Listener:
         self.rejected_total = 0
         self.fd_exhausted_total = 0
         self._closed = False
+        #: Called once after close() (e.g. to remove files that advertise the listener).
+        self.on_close: Callable[[], None] | None = None
 
     def fileno(self) -> int:
         return self._fd
@@ -192,6 +194,8 @@ class Listener:
                 os.unlink(path)
             except OSError:
                 pass
+        if self.on_close is not None:
+            self.on_close()
 
     # The loop calls these two.
     def _on_events(self, ev: int) -> None:

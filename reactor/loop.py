@@ -135,7 +135,8 @@ class Loop:
         self._shutting_down = False
         self._drain_timer: Timer | None = None
         self._closed = False
-        self.started_at = self._clock.now()
+        self.started_at = self._now = self._clock.now()
+        self._rate_marks: list[tuple[float, dict[str, int]]] = []  # for stats rates
 
     # ------------------------------------------------------------------ facts
 
@@ -420,6 +421,7 @@ class Loop:
         if timeout is not None and (wait is None or timeout < wait):
             wait = timeout
         events = self._selector.poll(wait)
+        self._now = self._clock.now()  # one clock read per iteration, for cheap timestamps
         fdmap = self._fdmap
         for fd, ev in events:
             obj = fdmap.get(fd)

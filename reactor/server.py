@@ -11,6 +11,7 @@ drains gracefully within ``drain_timeout_s``; a second one ends at once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -21,7 +22,8 @@ from typing import Any, Callable
 from .connection import ConnectionOptions
 from .loop import Loop, _bind
 from .protocols import Codec, Handler
-from .stats import serve_stats
+from .errors import CloseReason
+from .stats import STATS_VERSION, WholeReply, aggregate, serve_stats
 
 __all__ = ["ServerConfig", "bind_sockets", "run_server", "format_address"]
 
@@ -103,6 +105,10 @@ def run_server(
                       on_ready=on_ready)
 
 
+def _worker_stats_path(path: str, index: int) -> str:
+    return f"{path}.worker{index}"
+
+
 def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
                codec_factory: Callable[[], Codec], sock: socket.socket, *,
                stats: bool, worker: int | None = None,
@@ -112,8 +118,9 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
         loop.listen(sock.getsockname(), handler_factory, codec_factory, sock=sock,
                     backlog=config.backlog, max_conns=config.max_conns,
                     reject_message=config.reject_message, options=config.options)
-        if stats and config.stats_socket:
-            serve_stats(loop, config.stats_socket)
+        if config.stats_socket:
+            serve_stats(loop, config.stats_socket if stats else
+                        _worker_stats_path(config.stats_socket, worker or 0))
         signals = {"count": 0}
 
         def on_signal(signame: str) -> None:
@@ -158,7 +165,7 @@ class _Supervisor:
         loop = self.loop
         try:
             if self.config.stats_socket:
-                serve_stats(loop, self.config.stats_socket, self._stats_extra)
+                serve_stats(loop, self.config.stats_socket, provider=self._gather_stats)
             if on_ready is not None:
                 on_ready()
             loop.add_signal_handler(signal.SIGCHLD, self._reap)
@@ -174,12 +181,43 @@ class _Supervisor:
             loop.close()
         return 0
 
-    def _stats_extra(self) -> dict[str, Any]:
-        return {
-            "role": "supervisor",
-            "workers": [{"index": i, "pid": pid} for pid, i in sorted(self.children.items())],
-            "restarts": self.restarts,
-        }
+    def _gather_stats(self, reply: Callable[[dict[str, Any]], None]) -> None:
+        """Ask every worker for its document (asynchronously, 2 s at most), then reply
+        with their totals and one entry per worker."""
+        assert self.config.stats_socket is not None
+        workers = sorted((i, pid) for pid, i in self.children.items())
+        got: dict[int, dict[str, Any]] = {}
+        pending = {i for i, _ in workers}
+        state = {"done": False}
+
+        def finish() -> None:
+            if state["done"]:
+                return
+            state["done"] = True
+            self.loop.cancel_timer(timer)
+            entries = []
+            for i, pid in workers:
+                doc = got.get(i)
+                entries.append({"index": i, "pid": pid, **(doc if doc is not None else
+                                                           {"error": "no answer"})})
+            totals = aggregate([d for d in got.values()])
+            reply({"version": STATS_VERSION, "pid": os.getpid(), "role": "supervisor",
+                   "uptime_s": round(self.loop.time() - self.loop.started_at, 3),
+                   "restarts": self.restarts, **totals, "workers": entries})
+
+        def answered(i: int, doc: dict[str, Any] | None) -> None:
+            if doc is not None:
+                got[i] = doc
+            pending.discard(i)
+            if not pending:
+                finish()
+
+        timer = self.loop.call_later(2.0, finish)
+        if not workers:
+            finish()
+        for i, _pid in workers:
+            path = _worker_stats_path(self.config.stats_socket, i)
+            self.loop.connect(path, lambda i=i: _Gather(answered, i), WholeReply, timeout_s=2.0)
 
     def _spawn(self, index: int) -> None:
         sock = self.sockets[index if len(self.sockets) > 1 else 0]
@@ -261,6 +299,26 @@ class _Supervisor:
     def _kill_all(self) -> None:
         for pid in self.children:
             _kill(pid, signal.SIGKILL)
+
+
+class _Gather(Handler):
+    """Reads one worker's stats document (the whole reply, until EOF)."""
+
+    def __init__(self, answered: Callable[[int, dict[str, Any] | None], None], index: int):
+        self.answered = answered
+        self.index = index
+        self.doc: dict[str, Any] | None = None
+
+    def on_eof(self, conn: Any, remainder: bytes) -> bool:
+        try:
+            doc = json.loads(remainder)
+            self.doc = doc if isinstance(doc, dict) else None
+        except ValueError:
+            self.doc = None
+        return False
+
+    def on_close(self, conn: Any, reason: CloseReason) -> None:
+        self.answered(self.index, self.doc)
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -1,23 +1,26 @@
 """The reactor's internals as one JSON document, and the unix socket that serves it.
 
-``loop_stats(loop)`` gathers counters the loop keeps anyway (no per-event
-bookkeeping is added for it); walking the connections for buffered bytes
-happens only when someone asks. ``serve_stats(loop, path)`` answers each
-connection on a mode-0600 unix socket with one document, then closes; a peer
-whose uid is neither ours nor root's is closed without a byte.
+``loop_stats(loop)`` reads counters the loop keeps anyway: nothing is added per
+event for it, and walking the connections for buffered bytes happens only when
+someone asks. ``serve_stats(loop, path)`` answers each connection on a mode-0600
+unix socket with one document, then closes; a peer whose uid is neither ours
+nor root's is closed without a byte. The socket is advertised at a well-known
+path keyed by PID so ``fd-stats PID`` finds it without being told.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import socket
+import stat
 import struct
-from typing import TYPE_CHECKING, Any
+import tempfile
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import CloseReason
+from .errors import CloseReason, FrameTooLong
 from .protocols import Handler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,17 +29,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from .loop import Loop
     from .ring import RingBuffer
 
-__all__ = ["STATS_VERSION", "loop_stats", "serve_stats", "read_stats"]
+__all__ = [
+    "STATS_VERSION", "loop_stats", "serve_stats", "read_stats", "aggregate",
+    "advert_dir", "advertised_path", "StatsError",
+]
 
 log = logging.getLogger("reactor")
 
 #: Version of the stats document's schema; bumped on any incompatible change.
 STATS_VERSION = 1
-_TOP_N = 10
+TOP_N = 10
+_MAX_DOC_BYTES = 16 << 20  # a stats reply larger than this is garbage, not a document
+#: Counters whose per-second rates the document carries (since the previous request).
+_RATED = ("iterations", "events", "accepted", "closed_total", "bytes_in", "bytes_out")
 
 
-def loop_stats(loop: Loop, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON-ready dict of the loop's internals (see docs/architecture.md)."""
+class StatsError(Exception):
+    """Reading a stats socket failed; ``str(exc)`` is one line saying why."""
+
+
+def loop_stats(loop: Loop) -> dict[str, Any]:
+    """A JSON-ready dict of the loop's internals (the schema is in docs/fd-stats.md)."""
     now = loop.time()
     conns = loop.connections()
     rx = tx = paused = 0
@@ -44,35 +57,62 @@ def loop_stats(loop: Loop, extra: dict[str, Any] | None = None) -> dict[str, Any
         rx += c.recv_buffered
         tx += c.send_buffered
         paused += c.paused
-    top = sorted(conns, key=lambda c: c.recv_buffered + c.send_buffered, reverse=True)[:_TOP_N]
+    top = sorted(conns, key=lambda c: c.recv_buffered + c.send_buffered, reverse=True)[:TOP_N]
     closed = {r.value: n for r, n in loop._closed_by_reason.items()}
+    wheel = loop._wheel.stats()
+    counters = {
+        "iterations": loop._iterations,
+        "events": loop._events,
+        "accepted": loop._accepted_total,
+        "closed_total": sum(closed.values()),
+        "bytes_in": loop._bytes_in,
+        "bytes_out": loop._bytes_out,
+    }
     doc: dict[str, Any] = {
         "version": STATS_VERSION,
         "pid": os.getpid(),
+        "role": "worker",
         "selector": loop.selector_name,
         "edge_triggered": loop.edge_triggered,
         "uptime_s": round(now - loop.started_at, 3),
         "connections": loop.connection_count,
-        "accepted": loop._accepted_total,
+        **counters,
         "closed": closed,
-        "closed_total": sum(closed.values()),
-        "bytes_in": loop._bytes_in,
-        "bytes_out": loop._bytes_out,
-        "iterations": loop._iterations,
-        "events": loop._events,
+        **_rates(loop, now, counters),
         "paused_reading": paused,
         "broadcast_skipped": loop._broadcast_skipped,
         "rx_bytes": rx,
         "tx_bytes": tx,
-        "chunks": dataclasses.asdict(loop.pool.stats()),
-        "timers": dataclasses.asdict(loop._wheel.stats()),
+        "chunks": asdict(loop.pool.stats()),
+        "timers": {"entries": wheel.timers, "expired": wheel.fired_total,
+                   "scheduled": wheel.scheduled_total, "cancelled": wheel.cancelled_total},
+        "lag": {"p50_s": wheel.lag_p50_s, "p99_s": wheel.lag_p99_s},
         "listeners": [_listener_doc(lst) for lst in loop.listeners if lst._counted],
         "shutting_down": loop.shutting_down,
         "top": [c._snapshot(now) for c in top if c.recv_buffered + c.send_buffered],
     }
-    if extra:
-        doc.update(extra)
     return doc
+
+
+def _rates(loop: Loop, now: float, counters: dict[str, int]) -> dict[str, float]:
+    """Per-second rates since the previous request (or since start), kept on the loop.
+
+    A request less than 0.2 s after the previous one measures from the one before
+    that, so two readers polling at once do not see noise.
+    """
+    marks = loop._rate_marks
+    if not marks:
+        marks.append((loop.started_at, dict.fromkeys(counters, 0)))
+    since, before = marks[-1]
+    if now - since < 0.2 and len(marks) > 1:
+        since, before = marks[-2]
+    span = now - since
+    out = {f"{k}_per_s": round((counters[k] - before[k]) / span, 1) if span > 0 else 0.0
+           for k in _RATED}
+    if now - marks[-1][0] >= 0.2:
+        marks.append((now, dict(counters)))
+        del marks[:-2]
+    return out
 
 
 def _listener_doc(lst: Listener) -> dict[str, Any]:
@@ -85,6 +125,44 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
         "max_conns": lst.max_conns,
     }
 
+
+# --------------------------------------------------------------- aggregation
+
+_SUMMED = ("connections", "iterations", "events", "accepted", "closed_total", "bytes_in",
+           "bytes_out", "paused_reading", "broadcast_skipped", "rx_bytes", "tx_bytes",
+           *(f"{k}_per_s" for k in _RATED))
+
+
+def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over several workers' documents: counters and gauges summed, lag the worst,
+    listeners and top connections merged (each top entry tagged with its worker's pid)."""
+    total: dict[str, Any] = {k: 0 for k in _SUMMED}
+    closed: dict[str, int] = {}
+    chunks: dict[str, int] = {}
+    timers: dict[str, int] = {}
+    lag = {"p50_s": 0.0, "p99_s": 0.0}
+    listeners: list[Any] = []
+    top: list[dict[str, Any]] = []
+    for d in docs:
+        for k in _SUMMED:
+            total[k] += d.get(k, 0)
+        for src, dst in ((d.get("closed", {}), closed), (d.get("chunks", {}), chunks),
+                         (d.get("timers", {}), timers)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+        for k in lag:
+            lag[k] = max(lag[k], d.get("lag", {}).get(k, 0.0))
+        listeners += d.get("listeners", [])
+        top += [{**c, "worker": d.get("pid")} for c in d.get("top", [])]
+    for k in _SUMMED:
+        if k.endswith("_per_s"):
+            total[k] = round(total[k], 1)
+    top.sort(key=lambda c: c.get("rx_bytes", 0) + c.get("tx_bytes", 0), reverse=True)
+    return {**total, "closed": closed, "chunks": chunks, "timers": timers, "lag": lag,
+            "listeners": listeners, "top": top[:TOP_N]}
+
+
+# ------------------------------------------------------------------- serving
 
 class _IgnoreInput:
     """A codec for the stats socket: whatever a reader sends is dropped."""
@@ -107,29 +185,48 @@ class _IgnoreInput:
         out.write(msg)
 
 
-class _StatsHandler(Handler):
-    __slots__ = ("_loop", "_extra")
+class WholeReply(_IgnoreInput):
+    """A codec that keeps everything until EOF (``take_remainder``), up to a cap."""
 
-    def __init__(self, loop: Loop, extra: Any) -> None:
-        self._loop = loop
-        self._extra = extra
+    __slots__ = ()
+    max_frame_bytes = _MAX_DOC_BYTES
+
+    def maybe_take_frame(self, buf: RingBuffer) -> None:
+        if len(buf) > _MAX_DOC_BYTES:
+            raise FrameTooLong(len(buf), _MAX_DOC_BYTES)
+        return None
+
+    def take_remainder(self, buf: RingBuffer) -> bytes:
+        return buf.take(len(buf))
+
+
+Provider = Callable[[Callable[[dict[str, Any]], None]], None]
+
+
+class _StatsHandler(Handler):
+    __slots__ = ("_provide",)
+
+    def __init__(self, provide: Provider) -> None:
+        self._provide = provide
 
     def on_connect(self, conn: Connection) -> None:
         if not _peer_allowed(conn._sock):
             conn.abort(CloseReason.LOCAL_CLOSE)
             return
-        extra = self._extra() if callable(self._extra) else self._extra
-        doc = loop_stats(self._loop, extra)
-        conn.write(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
-        conn.close()
+
+        def reply(doc: dict[str, Any]) -> None:
+            if conn.write(json.dumps(doc, separators=(",", ":")).encode() + b"\n"):
+                conn.close()
+
+        self._provide(reply)
 
     def on_idle(self, conn: Connection) -> None:
         conn.abort(CloseReason.IDLE_TIMEOUT)
 
 
 def _peer_allowed(sock: socket.socket) -> bool:
-    """Only our own uid and root may read the stats (the file mode is not enough:
-    a socket inherited or passed elsewhere could be reached by others)."""
+    """Only our own uid and root may read the stats. The file mode is not enough:
+    a socket inherited by, or passed to, another process could be reached by others."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (OSError, AttributeError):  # pragma: no cover - no SO_PEERCRED here
@@ -138,33 +235,109 @@ def _peer_allowed(sock: socket.socket) -> bool:
     return uid in (os.getuid(), 0)
 
 
-def serve_stats(loop: Loop, path: str, extra: Any = None) -> Listener:
-    """Serve ``loop_stats`` on the unix socket ``path`` (mode 0600).
+def advert_dir(uid: int | None = None) -> str:
+    """Where processes of ``uid`` advertise their stats sockets, one entry per PID."""
+    return os.path.join(tempfile.gettempdir(), f"reactor-stats-{os.getuid() if uid is None else uid}")
 
-    ``extra``: a dict, or a callable returning one, merged into each document.
-    Readers do not count as connections and cannot stall the loop: the
-    document is queued like any reply and a reader that never reads is closed
-    by a 5-second idle timeout.
+
+def advertised_path(pid: int, uid: int | None = None) -> str:
+    """The well-known path of ``pid``'s stats socket (a symlink to it, or the socket itself)."""
+    return os.path.join(advert_dir(uid), f"{pid}.sock")
+
+
+def _advert_dir_ready() -> str | None:
+    """Create our advert directory (0700) if needed; None if it is not safely ours."""
+    d = advert_dir()
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("not advertising the stats socket: %s is not a private directory of ours", d)
+        return None
+    return d
+
+
+def serve_stats(loop: Loop, path: str | None = None, provider: Provider | None = None,
+                advertise: bool = True) -> Listener:
+    """Serve the loop's stats on the unix socket ``path`` (mode 0600). One call.
+
+    ``path`` defaults to :func:`advertised_path` of this process. With
+    ``advertise``, a symlink at that well-known path points to ``path`` so
+    ``fd-stats PID`` finds it. ``provider(reply)``, if given, produces the
+    document asynchronously by calling ``reply(doc)`` (the supervisor of
+    several workers gathers theirs this way). Readers do not count as
+    connections and cannot stall the loop: a reader that never reads is closed
+    by a 5-second idle timeout. Raises OSError if ``path`` cannot be bound.
     """
-    return loop.listen(path, lambda: _StatsHandler(loop, extra), _IgnoreInput,
-                       unix_mode=0o600, counted=False, idle_timeout_s=5.0, linger_s=0.5)
+    advert = advertised_path(os.getpid()) if advertise and _advert_dir_ready() else None
+    if path is None:
+        if advert is None:
+            raise OSError("no stats socket path given and no private advert directory")
+        path = advert
+    if provider is None:
+        def provider(reply: Callable[[dict[str, Any]], None]) -> None:
+            reply(loop_stats(loop))
+    listener = loop.listen(path, lambda: _StatsHandler(provider), _IgnoreInput,
+                           unix_mode=0o600, counted=False, idle_timeout_s=5.0, linger_s=0.5)
+    if advert is not None and os.path.abspath(path) != advert:
+        try:
+            if os.path.lexists(advert):
+                os.unlink(advert)
+            os.symlink(os.path.abspath(path), advert)
+        except OSError as exc:
+            log.warning("cannot advertise the stats socket at %s: %s", advert, exc)
+            advert = None
+
+    def cleanup() -> None:
+        if advert is not None and os.path.abspath(path) != advert:
+            try:
+                if os.readlink(advert) == os.path.abspath(path):
+                    os.unlink(advert)
+            except OSError:
+                pass
+
+    listener.on_close = cleanup
+    return listener
 
 
 def read_stats(path: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """Client side: connect to a stats socket and return its document.
 
-    Raises OSError if it cannot connect, ValueError if the reply is not JSON.
+    Raises :class:`StatsError` with a one-line reason: missing, stale (nobody
+    listening), no permission, timed out, or not a stats document.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout_s)
-        s.connect(path)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    doc = json.loads(b"".join(chunks))
-    if not isinstance(doc, dict):
-        raise ValueError("stats document is not a JSON object")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(path)
+            chunks, size = [], 0
+            while size <= _MAX_DOC_BYTES:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+                size += len(data)
+    except FileNotFoundError:
+        raise StatsError(f"stats socket {path} does not exist") from None
+    except ConnectionRefusedError:
+        raise StatsError(f"stats socket {path} is stale: nobody is listening on it") from None
+    except PermissionError:
+        raise StatsError(f"no permission to read stats socket {path}") from None
+    except TimeoutError:
+        raise StatsError(f"stats socket {path} did not answer within {timeout_s:g} s") from None
+    except OSError as exc:
+        raise StatsError(f"cannot read stats socket {path}: {exc.strerror or exc}") from None
+    raw = b"".join(chunks)
+    if not raw:
+        raise StatsError(f"stats socket {path} closed without a document (are we allowed?)")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise StatsError(f"stats socket {path} did not answer with a stats document") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("version"), int):
+        raise StatsError(f"stats socket {path} did not answer with a stats document")
     return doc
