@@ -14,6 +14,7 @@ from typing import Sequence
 
 from handlers.echo import ERR_SERVER_FULL, LineEchoHandler
 from handlers.line import LineCodec
+from reactor.cli._args import OneLineParser, number, parse
 from reactor.connection import ConnectionOptions
 from reactor.server import ServerConfig, bind_sockets, format_address, run_server
 
@@ -21,43 +22,9 @@ PROG = "line-echo"
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
-
-
-def _count(minimum: int):  # noqa: ANN202
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(0)(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"must be <= 65535, not {value}")
-    return value
+_at_least_one = number(int, 1, what="integer")
+_seconds = number(float, 0, what="number of seconds")
+_port = number(int, 0, maximum=65535, what="port")
 
 
 def _level(text: str) -> str:
@@ -67,15 +34,15 @@ def _level(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Echo every newline-terminated line back, byte for byte.")
+    p = OneLineParser(prog=PROG, description="Echo every newline-terminated line back, byte for byte.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=9000, help="TCP port; 0 picks one (default 9000)")
     p.add_argument("--unix", metavar="PATH", help="listen on a unix socket instead of TCP")
-    p.add_argument("--workers", type=_count(1), default=1, metavar="N",
+    p.add_argument("--workers", type=_at_least_one, default=1, metavar="N",
                    help="worker processes sharing the port (SO_REUSEPORT); default 1")
-    p.add_argument("--max-conns", type=_count(1), metavar="N",
+    p.add_argument("--max-conns", type=_at_least_one, metavar="N",
                    help="connection cap per worker (default: RLIMIT_NOFILE less 32)")
-    p.add_argument("--max-line", type=_count(1), default=65536, metavar="BYTES",
+    p.add_argument("--max-line", type=_at_least_one, default=65536, metavar="BYTES",
                    help="longest line accepted, newline included (default 65536)")
     p.add_argument("--idle-timeout", type=_seconds, default=300.0, metavar="SEC",
                    help="close a connection silent for SEC seconds; 0 = off (default 300)")
@@ -85,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM/SIGINT, how long to drain before dropping (default 10)")
     p.add_argument("--stats-socket", metavar="PATH",
                    help="serve the reactor's internals as JSON on this unix socket (mode 0600)")
-    p.add_argument("--backlog", type=_count(1), default=1024, metavar="N",
+    p.add_argument("--backlog", type=_at_least_one, default=1024, metavar="N",
                    help="listen backlog (default 1024; the kernel caps it at somaxconn)")
     p.add_argument("--log-level", type=_level, default="info", metavar="LEVEL",
                    help=f"one of {', '.join(_LEVELS)} (default info); logs go to stderr")
@@ -93,13 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     address = args.unix if args.unix else (args.host, args.port)

@@ -1,0 +1,189 @@
+"""fd-stats' logic: one sample of a process (fds, sockets, limits) joined with its reactor stats.
+
+``Watcher`` takes samples of one PID: the process view from ``procview``
+(psutil for the process, /proc for its fds and sockets) and, for a process built on this reactor, the document its
+stats socket serves. ``render`` turns a sample into the aligned human view;
+``sample_json`` into the stable JSON schema (docs/fd-stats.md). The CLI in
+``reactor/cli/fd_stats.py`` only parses arguments and loops.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from .procview import NoPermission, ProcessGone, ProcessSampler
+from .stats import StatsError, advertised_path, read_stats
+
+__all__ = ["FDSTATS_VERSION", "Watcher", "render", "ProcessGone", "NoPermission", "StatsError"]
+
+#: Version of fd-stats' JSON sample schema.
+FDSTATS_VERSION = 1
+_RATE_KEYS = (("accepted", "accepts_per_s"), ("closed_total", "closes_per_s"),
+              ("bytes_in", "bytes_in_per_s"), ("bytes_out", "bytes_out_per_s"),
+              ("events", "events_per_s"), ("iterations", "iterations_per_s"))
+
+
+class Watcher:
+    """Samples one PID. Raises ProcessGone / NoPermission at construction, and
+    StatsError when an explicitly given stats socket cannot be read."""
+
+    def __init__(self, pid: int, stats_socket: str | None = None) -> None:
+        self.pid = pid
+        self.process = ProcessSampler(pid)
+        self.explicit = stats_socket is not None
+        self.stats_socket = stats_socket
+        if stats_socket is None:
+            uid = _owner_uid(pid)
+            candidate = advertised_path(pid, uid)
+            if os.path.exists(candidate):
+                self.stats_socket = candidate
+        self._prev: tuple[float, dict[str, Any]] | None = None
+        self.note: str | None = None
+
+    def sample(self) -> dict[str, Any]:
+        """One JSON-ready sample (see docs/fd-stats.md for the schema)."""
+        proc = self.process.sample()
+        reactor = None
+        self.note = None
+        if self.stats_socket is not None:
+            try:
+                reactor = read_stats(self.stats_socket)
+            except StatsError as exc:
+                if self.explicit:
+                    raise
+                self.note = f"advertised stats socket unusable: {exc}"
+            if reactor is not None and reactor.get("pid") != self.pid:
+                msg = (f"stats socket {self.stats_socket} belongs to PID {reactor.get('pid')}, "
+                       f"not {self.pid}")
+                if self.explicit:
+                    raise StatsError(msg)
+                self.note, reactor = msg, None
+        now = time.monotonic()
+        rates = None
+        if reactor is not None:
+            if self._prev is not None and now > self._prev[0]:
+                span = now - self._prev[0]
+                rates = {name: round((reactor.get(k, 0) - self._prev[1].get(k, 0)) / span, 1)
+                         for k, name in _RATE_KEYS}
+            else:  # first sample: the reactor's own rates since its previous request
+                rates = {name: reactor.get(f"{k}_per_s", 0.0) for k, name in _RATE_KEYS}
+            self._prev = (now, reactor)
+        return {
+            "version": FDSTATS_VERSION,
+            "pid": self.pid,
+            "time": proc["time"],
+            "process": proc,
+            "stats_socket": self.stats_socket if reactor is not None else None,
+            "reactor": reactor,
+            "rates": rates,
+        }
+
+
+def _owner_uid(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return os.getuid()
+
+
+# ------------------------------------------------------------------ rendering
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _dur(s: float) -> str:
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _pairs(d: dict[str, Any], skip_zero: bool = True) -> str:
+    items = [(k, v) for k, v in d.items() if v or not skip_zero]
+    return "  ".join(f"{k} {v}" for k, v in items) or "none"
+
+
+def render(sample: dict[str, Any]) -> str:
+    """The human view of one sample: aligned label / value lines."""
+    p = sample["process"]
+    fds, lim = p["fds"], p["rlimit_nofile"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sample["time"]))
+    rows: list[tuple[str, str]] = [
+        ("fd-stats", f"pid {p['pid']}  {p['cmdline'] or p['name']}  {when}"),
+        ("process", f"rss {_size(p['rss_bytes'])} ({'+' if p['rss_growth_bytes'] >= 0 else '-'}"
+                    f"{_size(abs(p['rss_growth_bytes']))} since first sample)  "
+                    f"cpu {p['cpu_percent']:.1f} %  threads {p['threads']}"),
+        ("fds", f"{fds['total']} open of {lim['soft']} soft / {lim['hard']} hard  "
+                f"({lim['used_pct']:.1f} % used, headroom {lim['headroom']})"),
+        ("  by kind", "  ".join(f"{k} {v}" for k, v in fds.items() if k != "total")),
+        ("tcp", _pairs(p["tcp_states"])),
+        ("unowned", f"{_pairs(p['unowned'])}  (kernel table, no fd: matched by this "
+                    "process's listening ports and server-side addresses)"),
+        ("listening", "  ".join(p["listening"]) or "none"),
+    ]
+    r = sample.get("reactor")
+    if r is not None:
+        rows += _reactor_rows(r, sample.get("rates") or {})
+        for w in r.get("workers", []):
+            if "error" in w:
+                rows.append((f"  worker {w['index']}", f"pid {w['pid']}: {w['error']}"))
+            else:
+                rows.append((f"  worker {w['index']}",
+                             f"pid {w['pid']}  connections {w.get('connections', 0)}  "
+                             f"accepted {w.get('accepted', 0)}  in {_size(w.get('bytes_in', 0))}  "
+                             f"out {_size(w.get('bytes_out', 0))}  lag p99 "
+                             f"{w.get('lag', {}).get('p99_s', 0) * 1000:.1f} ms"))
+    else:
+        rows.append(("reactor", "no stats socket (not a reactor process, or not advertised: "
+                                "pass --stats-socket PATH)"))
+    width = max(len(k) for k, _ in rows)
+    out = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    if lim["warning"]:
+        out.append(f"WARNING: {lim['used_pct']:.1f} % of RLIMIT_NOFILE in use "
+                   f"({lim['used']} of {lim['soft']}); raise the limit or lower --max-conns")
+    return "\n".join(out)
+
+
+def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str, str]]:
+    ch, tm, lag = r.get("chunks", {}), r.get("timers", {}), r.get("lag", {})
+    rows = [
+        ("reactor", f"{r.get('role', 'worker')}  {r.get('selector', '')}  "
+                    f"up {_dur(r.get('uptime_s', 0))}  connections {r.get('connections', 0)}  "
+                    f"accepted {r.get('accepted', 0)}  closed {r.get('closed_total', 0)}"),
+        ("  rates", f"accepts/s {rates.get('accepts_per_s', 0):g}  "
+                    f"closes/s {rates.get('closes_per_s', 0):g}  "
+                    f"in {_size(rates.get('bytes_in_per_s', 0))}/s  "
+                    f"out {_size(rates.get('bytes_out_per_s', 0))}/s  "
+                    f"events/s {rates.get('events_per_s', 0):g}  "
+                    f"iterations/s {rates.get('iterations_per_s', 0):g}"),
+        ("  closed", _pairs(r.get("closed", {}))),
+        ("  pool", f"chunks {ch.get('chunks_in_use', 0)} in use / {ch.get('chunks_free', 0)} free "
+                   f"of {ch.get('chunk_size', 0)} B (high water {ch.get('high_water', 0)})  "
+                   f"exhausted {ch.get('exhausted_total', 0)}  "
+                   f"overflow {ch.get('overflow_in_use', 0)}"),
+        ("  buffers", f"rx {_size(r.get('rx_bytes', 0))}  tx {_size(r.get('tx_bytes', 0))}  "
+                      f"paused {r.get('paused_reading', 0)}  "
+                      f"broadcast skipped {r.get('broadcast_skipped', 0)}"),
+        ("  timers", f"{tm.get('entries', 0)} entries  expired {tm.get('expired', 0)}  "
+                     f"lag p50 {lag.get('p50_s', 0) * 1000:.1f} ms  "
+                     f"p99 {lag.get('p99_s', 0) * 1000:.1f} ms"),
+        ("  bytes", f"in {_size(r.get('bytes_in', 0))}  out {_size(r.get('bytes_out', 0))}  "
+                    f"iterations {r.get('iterations', 0)}  events {r.get('events', 0)}"),
+    ]
+    top = r.get("top", [])
+    if top:
+        rows.append(("  top", f"{'peer':<24}{'rx':>10}{'tx':>10}{'age':>8}{'idle':>8}"))
+        for c in top:
+            rows.append(("", f"{c.get('peer', '?'):<24}{_size(c.get('rx_bytes', 0)):>10}"
+                             f"{_size(c.get('tx_bytes', 0)):>10}{_dur(c.get('age_s', 0)):>8}"
+                             f"{c.get('idle_s', 0):>7.1f}s"))
+    return rows

@@ -1,0 +1,207 @@
+"""fd-stats against real processes: the line-echo daemon under load, its workers, and the
+error paths. Every figure is checked against what the test created or what /proc says."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import ROOT, recv_exactly, wait_for
+
+FD_STATS = [sys.executable, "-m", "reactor.cli.fd_stats"]
+
+
+def fd_stats(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*FD_STATS, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("fd-stats: "), lines
+    assert "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def loaded(daemon, tmp_path):
+    """line-echo with a stats socket and 300 open connections, each having echoed a line."""
+    path = str(tmp_path / "echo.sock")
+    d = daemon("--stats-socket", path)
+    socks = []
+    for i in range(300):
+        s = d.connect()
+        s.sendall(b"c%d\n" % i)
+        assert recv_exactly(s, len(b"c%d\n" % i)) == b"c%d\n" % i
+        socks.append(s)
+    yield d, path, socks
+    for s in socks:
+        s.close()
+
+
+def test_json_sample_agrees_with_proc_and_with_what_we_opened(loaded):
+    d, path, socks = loaded
+    r = fd_stats(str(d.pid), "--json", "--stats-socket", path)
+    assert r.returncode == 0, r.stderr
+    sample = json.loads(r.stdout)
+    assert sample["version"] == 1 and sample["pid"] == d.pid
+    p = sample["process"]
+    assert p["fds"]["total"] == len(os.listdir(f"/proc/{d.pid}/fd"))
+    assert sum(v for k, v in p["fds"].items() if k != "total") == p["fds"]["total"]
+    assert p["fds"]["tcp"] == 301  # 300 connections + the listener
+    # the stats socket's listener and the loop's signal-wakeup socketpair (our reader is gone)
+    assert p["fds"]["unix"] == 3
+    assert p["tcp_states"] == {"ESTABLISHED": 300, "LISTEN": 1}
+    host, port = d.address
+    assert f"{host}:{port}" in p["listening"] and f"unix:{path}" in p["listening"]
+    lim = p["rlimit_nofile"]
+    assert lim["used"] == p["fds"]["total"] and lim["headroom"] == lim["soft"] - lim["used"]
+    r_ = sample["reactor"]
+    assert r_["pid"] == d.pid and r_["connections"] == 300 and r_["accepted"] == 300
+    assert r_["bytes_in"] == r_["bytes_out"] == sum(len(b"c%d\n" % i) for i in range(300))
+    assert r_["timers"]["entries"] >= 300  # one idle timer per connection
+    assert r_["chunks"]["chunks_in_use"] == 0  # idle connections hold no chunk
+    for key in ("connections", "accepted", "closed", "chunks", "timers", "iterations",
+                "events_per_s", "lag", "bytes_in", "bytes_out"):
+        assert key in r_
+    assert set(sample["rates"]) == {"accepts_per_s", "closes_per_s", "bytes_in_per_s",
+                                    "bytes_out_per_s", "events_per_s", "iterations_per_s"}
+
+
+def test_the_advertised_socket_is_found_without_the_flag(loaded):
+    d, path, _ = loaded
+    r = fd_stats(str(d.pid), "--json")
+    assert r.returncode == 0, r.stderr
+    sample = json.loads(r.stdout)
+    assert sample["stats_socket"] is not None and sample["reactor"]["connections"] == 300
+
+
+def test_human_view_is_aligned_and_names_each_figure(loaded):
+    d, path, _ = loaded
+    r = fd_stats(str(d.pid), "--stats-socket", path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for label in ("fds", "by kind", "tcp", "unowned", "listening", "reactor", "pool", "timers",
+                  "closed"):
+        assert any(line.lstrip().startswith(label) for line in out.splitlines()), label
+    assert "ESTABLISHED 300" in out and "connections 300" in out
+    lines = [line for line in out.splitlines() if not line.startswith("WARNING")]
+    width = len("listening")  # the longest label
+    assert all(line[width:width + 2] == "  " and line[width + 2] != " " for line in lines
+               if line.strip() and not line.startswith(" " * (width + 2))), out
+
+
+def test_watch_counts_and_rates_follow_the_load(loaded):
+    d, path, socks = loaded
+    stop = threading.Event()
+
+    def chatter():
+        while not stop.is_set():
+            for s in socks[:20]:
+                s.sendall(b"x\n")
+                recv_exactly(s, 2)
+
+    t = threading.Thread(target=chatter)
+    t.start()
+    try:
+        r = fd_stats(str(d.pid), "--json", "--watch", "0.3", "--count", "3",
+                     "--stats-socket", path)
+    finally:
+        stop.set()
+        t.join(10)
+    assert r.returncode == 0, r.stderr
+    samples = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(samples) == 3
+    assert samples[-1]["rates"]["bytes_in_per_s"] > 0
+    assert samples[-1]["reactor"]["bytes_in"] > samples[0]["reactor"]["bytes_in"]
+
+
+def test_workers_show_the_sum_and_each_worker(daemon, tmp_path):
+    path = str(tmp_path / "w.sock")
+    d = daemon("--workers", "2", "--stats-socket", path)
+    socks = []
+    for i in range(40):
+        s = d.connect()
+        s.sendall(b"%d\n" % i)
+        assert recv_exactly(s, len(b"%d\n" % i)) == b"%d\n" % i
+        socks.append(s)
+    r = fd_stats(str(d.pid), "--json", "--stats-socket", path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)["reactor"]
+    assert rep["role"] == "supervisor" and rep["pid"] == d.pid
+    workers = rep["workers"]
+    assert len(workers) == 2 and all("error" not in w for w in workers)
+    assert {w["pid"] for w in workers} == set(
+        int(x) for x in open(f"/proc/{d.pid}/task/{d.pid}/children").read().split())
+    assert rep["connections"] == sum(w["connections"] for w in workers) == 40
+    assert rep["accepted"] == 40
+    human = fd_stats(str(d.pid), "--stats-socket", path).stdout
+    assert "worker 0" in human and "worker 1" in human
+    for s in socks:
+        s.close()
+
+
+def test_unknown_pid_is_one_line_exit_1():
+    pid = 4_000_000  # above pid_max's default range
+    one_line_error(fd_stats(str(pid)), str(pid))
+
+
+def test_missing_stale_garbage_and_foreign_stats_sockets(daemon, tmp_path):
+    d = daemon()
+    one_line_error(fd_stats(str(d.pid), "--stats-socket", str(tmp_path / "nope.sock")),
+                   "does not exist")
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()
+    one_line_error(fd_stats(str(d.pid), "--stats-socket", stale), "stale")
+    garbage = str(tmp_path / "garbage.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(garbage)
+    srv.listen(4)
+
+    def answer():
+        for _ in range(1):
+            c, _ = srv.accept()
+            c.sendall(b"\x00\xffnot json at all")
+            c.close()
+
+    t = threading.Thread(target=answer)
+    t.start()
+    one_line_error(fd_stats(str(d.pid), "--stats-socket", garbage), "stats document")
+    t.join(5)
+    srv.close()
+    other_path = str(tmp_path / "other.sock")
+    other = daemon("--stats-socket", other_path)
+    one_line_error(fd_stats(str(d.pid), "--stats-socket", other_path), str(other.pid))
+
+
+def test_process_exiting_mid_watch_ends_with_one_line(daemon):
+    d = daemon()
+    proc = subprocess.Popen([*FD_STATS, str(d.pid), "--watch", "0.2", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    first = proc.stdout.readline()
+    assert json.loads(first)["pid"] == d.pid
+    d.signal(signal.SIGTERM)
+    assert d.wait(20) == 0
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.strip().splitlines() == [f"fd-stats: process {d.pid} exited"]
+    for line in out.splitlines():
+        json.loads(line)  # stdout stays pure JSON
+
+
+@pytest.mark.parametrize("args", [["abc"], ["123", "--watch", "0"], ["123", "--count", "-1"],
+                                  [], ["123", "--bogus"]])
+def test_bad_arguments_exit_2(args):
+    r = fd_stats(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fd-stats: error:")

@@ -1,0 +1,346 @@
+"""procview against real processes: the fd zoo's own bookkeeping, /proc/PID/fd and ss must agree.
+
+The zoo (fdzoo.py) reports what it built without reading /proc; each test compares a sample with
+that report plus the three stdio fds the test hands it (stdin and stdout pipes, stderr a file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from reactor.procview import NoPermission, ProcessGone, ProcessSampler
+
+ZOO = Path(__file__).with_name("fdzoo.py")
+STDIO_FDS = {"pipe": 2, "file": 1}                   # stdin, stdout pipes; stderr a log file
+SS_STATES = {
+    "ESTAB": "ESTABLISHED", "SYN-SENT": "SYN_SENT", "SYN-RECV": "SYN_RECV",
+    "FIN-WAIT-1": "FIN_WAIT1", "FIN-WAIT-2": "FIN_WAIT2", "TIME-WAIT": "TIME_WAIT",
+    "UNCONN": "CLOSE", "CLOSE-WAIT": "CLOSE_WAIT", "LAST-ACK": "LAST_ACK",
+    "LISTEN": "LISTEN", "CLOSING": "CLOSING",
+}
+
+
+class Zoo:
+    """A running fdzoo.py: its report, and commands over stdin answered by ``ok``."""
+
+    def __init__(self, log: Path, args: tuple[str, ...], preexec: Callable[[], None] | None) -> None:
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ZOO), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._log, preexec_fn=preexec,
+        )
+        self.report = json.loads(self._readline(timeout=60) or b"null")
+        assert self.report, f"fd zoo did not start: {self.log_path.read_text()}"
+        assert self.report["inherited_fds"] == 3
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def command(self, line: str, timeout: float = 30.0) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        reply = self._readline(timeout)
+        assert reply == b"ok\n", f"{line!r} -> {reply!r}; stderr: {self.log_path.read_text()}"
+
+    def expected_fds(self, extra_other: int = 0) -> dict[str, int]:
+        fds = Counter(self.report["fds"]) + Counter(STDIO_FDS)
+        fds["other"] += extra_other
+        kinds = ("tcp", "tcp6", "udp", "udp6", "unix", "pipe", "file", "other")
+        return {"total": sum(fds[k] for k in kinds), **{k: fds[k] for k in kinds}}
+
+    def exit(self) -> None:
+        """Ask the zoo to exit; it is left unreaped (a zombie) until ``proc.wait()``."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"exit\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.exit()
+                self.proc.wait(20)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self._log):
+            if f:
+                f.close()
+
+    def _readline(self, timeout: float) -> bytes:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise AssertionError(f"fd zoo silent for {timeout} s; stderr: {self.log_path.read_text()}")
+        return self.proc.stdout.readline()
+
+
+@pytest.fixture
+def zoo(tmp_path: Path) -> Iterator[Callable[..., Zoo]]:
+    """``zoo(*args, preexec=None)`` starts fdzoo.py; all are stopped at the end."""
+    started: list[Zoo] = []
+
+    def start(*args: str, preexec: Callable[[], None] | None = None) -> Zoo:
+        z = Zoo(tmp_path / f"zoo{len(started)}.log", args, preexec)
+        started.append(z)
+        return z
+
+    yield start
+    for z in started:
+        z.stop()
+
+
+def settled_sample(sampler: ProcessSampler, unowned: dict, timeout: float = 10.0) -> dict:
+    """Sample until the ownerless entries are as expected (FIN_WAIT2 -> TIME_WAIT takes a moment).
+
+    After the deadline, return the last sample anyway so the exact asserts show what differs.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        sample = sampler.sample()
+        if sample["unowned"] == unowned or time.monotonic() > deadline:
+            return sample
+        time.sleep(0.01)
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def check_zoo(sample: dict, z: Zoo) -> None:
+    """Every count exactly as the zoo made it, and in agreement with /proc and ss."""
+    pid = z.pid
+    assert sample["pid"] == pid
+    assert "fdzoo.py" in sample["cmdline"] and len(sample["cmdline"]) <= 200
+    assert sample["fds"] == z.expected_fds()
+    assert sample["fds"]["total"] == len(os.listdir(f"/proc/{pid}/fd"))
+    assert sample["tcp_states"] == z.report["tcp_states"]
+    assert sample["unowned"] == z.report["unowned"]
+    assert sample["listening"] == z.report["listening"]
+    assert sample["rlimit_nofile"]["used"] == sample["fds"]["total"]
+    assert sample["threads"] == 1
+    json.dumps(sample)
+    if shutil.which("ss"):
+        check_against_ss(sample, z)
+
+
+def check_against_ss(sample: dict, z: Zoo) -> None:
+    """ss (inet_diag) sees the same TCP sockets by state, the same TIME_WAIT and unix listeners."""
+    tag = f"pid={z.pid},"
+    tcp = _ss("-Htanp")
+    by_ss = Counter(SS_STATES[line.split()[0]] for line in tcp if tag in line)
+    # A socket neither bound nor connected is in no kernel hash table: ss never lists it.
+    ours = {state: n for state, n in sample["tcp_states"].items() if state != "CLOSE"}
+    assert dict(by_ss) == ours
+    port = z.report["port4"]
+    time_wait = _ss("-Htan", "state", "time-wait", f"( sport = :{port} )")
+    assert sum(line.split()[2] == f"127.0.0.1:{port}" for line in time_wait) \
+        == sample["unowned"].get("TIME_WAIT", 0)
+    unix_listeners = {f"unix:{line.split()[4]}" for line in _ss("-Hxlp") if tag in line}
+    assert unix_listeners == {a for a in sample["listening"] if a.startswith("unix:")}
+
+
+def _ss(*args: str) -> list[str]:
+    out = subprocess.run(["ss", *args], capture_output=True, text=True, check=True, timeout=60)
+    return out.stdout.splitlines()
+
+
+# -- counts ------------------------------------------------------------------------------
+
+
+def test_zoo_fds_states_unowned_and_listeners_are_exact(zoo):
+    z = zoo("--pairs", "3")
+    sample = settled_sample(ProcessSampler(z.pid), z.report["unowned"])
+    assert z.report["tcp_states"]["ESTABLISHED"] >= 6
+    assert z.report["unowned"] == {"TIME_WAIT": 1}
+    check_zoo(sample, z)
+
+
+def test_ipv6_parts_of_the_zoo_are_present_when_loopback_v6_works(zoo):
+    z = zoo("--pairs", "0")
+    if z.report["port6"] is None:
+        pytest.skip("no IPv6 loopback")
+    sample = ProcessSampler(z.pid).sample()
+    assert sample["fds"]["tcp6"] == 3 and sample["fds"]["udp6"] == 1
+    assert f"[::1]:{z.report['port6']}" in sample["listening"]
+
+
+def test_ten_thousand_sockets_are_exact_and_sampled_well_under_a_second(zoo):
+    z = zoo("--pairs", "5000", "--raise-nofile")
+    sampler = ProcessSampler(z.pid)
+    settled_sample(sampler, z.report["unowned"])
+    started = time.perf_counter()
+    sample = sampler.sample()
+    elapsed_s = time.perf_counter() - started
+    check_zoo(sample, z)
+    assert sample["fds"]["tcp"] >= 10_000
+    assert elapsed_s < 5.0, f"one sample of {sample['fds']['total']} fds took {elapsed_s:.2f} s"
+
+
+def test_fds_vanishing_during_the_sample_are_skipped(zoo):
+    z = zoo("--pairs", "0")
+    sampler = ProcessSampler(z.pid)
+    z.command("churn")
+    for _ in range(50):
+        sample = sampler.sample()
+        parts = sum(n for kind, n in sample["fds"].items() if kind != "total")
+        assert parts == sample["fds"]["total"]
+        assert sample["threads"] == 2
+
+
+# -- limits and usage ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("soft, targets", [(100, (80, 81)), (64, (40, 52))])
+def test_rlimit_nofile_headroom_and_warning(zoo, soft, targets):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    z = zoo("--pairs", "2",
+            preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    sampler = ProcessSampler(z.pid)
+    used = len(os.listdir(f"/proc/{z.pid}/fd"))
+    assert sampler.sample()["rlimit_nofile"] == {
+        "soft": soft, "hard": hard, "used": used, "headroom": soft - used,
+        "used_pct": round(100 * used / soft, 1), "warning": False,
+    }
+    for target in targets:
+        z.command(f"open {target - used}")
+        used = target
+        limit = sampler.sample()["rlimit_nofile"]
+        assert limit["used"] == target == len(os.listdir(f"/proc/{z.pid}/fd"))
+        assert limit["headroom"] == soft - target
+        assert limit["used_pct"] == round(100 * target / soft, 1)
+        assert limit["warning"] is (100 * target / soft > 80)
+    assert limit["warning"] is True      # the last target of each case is past 80 %
+
+
+def test_rss_growth_and_cpu_percent(zoo):
+    born = time.monotonic()
+    z = zoo("--pairs", "0")
+    z.command("spin 0.3")
+    sampler = ProcessSampler(z.pid)
+    first = sampler.sample()
+    age_s = time.monotonic() - born
+    assert first["rss_growth_bytes"] == 0
+    assert first["rss_bytes"] > 1 << 20
+    # First sample: the average since the process started; it spun 0.3 s of CPU within age_s.
+    assert 100 * 0.3 / age_s * 0.8 <= first["cpu_percent"] <= 110
+
+    z.command(f"alloc {50_000_000}")
+    grown = sampler.sample()
+    assert 45_000_000 <= grown["rss_growth_bytes"] <= 80_000_000
+    assert grown["rss_growth_bytes"] == grown["rss_bytes"] - first["rss_bytes"]
+
+    before = time.monotonic()
+    sampler.sample()
+    z.command("spin 0.5")
+    busy = sampler.sample()
+    window_s = time.monotonic() - before
+    assert 100 * 0.5 / window_s * 0.8 <= busy["cpu_percent"] <= 110
+    assert busy["threads"] == 1
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_a_pid_that_does_not_exist_is_process_gone():
+    with open("/proc/sys/kernel/pid_max") as f:
+        never = int(f.read())                      # PIDs are always below pid_max
+    with pytest.raises(ProcessGone, match=f"^no process with PID {never}$"):
+        ProcessSampler(never)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with pytest.raises(ProcessGone, match=f"PID {child.pid}"):
+        ProcessSampler(child.pid)
+
+
+def test_a_process_that_exits_between_samples_is_process_gone(zoo):
+    z = zoo("--pairs", "1")
+    sampler = ProcessSampler(z.pid)
+    sampler.sample()
+    z.exit()
+    wait_until(lambda: proc_state(z.pid) == "Z", "the zoo to exit (unreaped)")
+    with pytest.raises(ProcessGone, match=r"exited \(zombie\)"):
+        sampler.sample()
+    with pytest.raises(ProcessGone):
+        ProcessSampler(z.pid)
+    z.proc.wait(10)
+    with pytest.raises(ProcessGone, match=f"no process with PID {z.pid}"):
+        sampler.sample()
+
+
+def test_a_reused_pid_is_process_gone_not_another_process(zoo):
+    z = zoo("--pairs", "0")
+    sampler = ProcessSampler(z.pid)
+    sampler._create_time += 1          # as if the PID had been reused by a later process
+    with pytest.raises(ProcessGone, match="now belongs to"):
+        sampler.sample()
+
+
+def test_bad_pids_are_api_misuse():
+    for pid in (0, -3):
+        with pytest.raises(ValueError, match=str(pid)):
+            ProcessSampler(pid)
+    for pid in ("123", 1.0, True):
+        with pytest.raises(TypeError):
+            ProcessSampler(pid)  # type: ignore[arg-type]
+
+
+def test_another_users_process_is_no_permission():
+    """Root can read everyone's fds, so drop to nobody in a forked child and sample this root process."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a sampler as another uid")
+    target = os.getpid()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:                                 # pragma: no cover - runs in the child only
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            result: dict = {"own": ProcessSampler(os.getpid()).sample()["fds"]["total"]}
+            try:
+                ProcessSampler(target)
+                result["other"] = "no error"
+            except NoPermission as exc:
+                result["other"] = f"NoPermission: {exc}"
+            os.write(write_end, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    result = json.loads(out)
+    assert result["own"] > 0                       # the same user may read its own process
+    message = result["other"]
+    assert message.startswith("NoPermission: permission denied reading /proc/"), message
+    assert f"PID {target}" in message and "uid 0" in message and "root" in message
+    assert "\n" not in message and re.search(r"run as .* or as root", message)
