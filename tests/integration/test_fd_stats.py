@@ -205,3 +205,94 @@ def test_bad_arguments_exit_2(args):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fd-stats: error:")
+
+
+SCHEMA = {
+    "version": int, "pid": int, "time": float, "stats_socket": (str, type(None)),
+    "process": {
+        "pid": int, "name": str, "cmdline": str, "time": float,
+        "fds": {k: int for k in ("total", "tcp", "tcp6", "udp", "udp6", "unix", "pipe", "file",
+                                 "other")},
+        "tcp_states": dict, "unowned": dict, "listening": list,
+        "rlimit_nofile": {"soft": int, "hard": int, "used": int, "headroom": int,
+                          "used_pct": (int, float), "warning": bool},
+        "rss_bytes": int, "rss_growth_bytes": int, "cpu_percent": (int, float), "threads": int,
+    },
+    "reactor": {
+        "version": int, "pid": int, "role": str, "selector": str, "edge_triggered": bool,
+        "uptime_s": (int, float), "connections": int, "accepted": int, "closed": dict,
+        "closed_total": int, "iterations": int, "events": int, "bytes_in": int,
+        "bytes_out": int, "iterations_per_s": (int, float), "events_per_s": (int, float),
+        "accepted_per_s": (int, float), "closed_total_per_s": (int, float),
+        "bytes_in_per_s": (int, float), "bytes_out_per_s": (int, float),
+        "paused_reading": int, "broadcast_skipped": int, "rx_bytes": int, "tx_bytes": int,
+        "chunks": {k: int for k in ("chunk_size", "chunks_total", "chunks_in_use", "chunks_free",
+                                    "high_water", "exhausted_total", "overflow_in_use",
+                                    "overflow_total")},
+        "timers": {k: int for k in ("entries", "expired", "scheduled", "cancelled")},
+        "lag": {"p50_s": (int, float), "p99_s": (int, float)},
+        "listeners": list, "shutting_down": bool, "top": list,
+    },
+    "rates": {k: (int, float) for k in ("accepts_per_s", "closes_per_s", "bytes_in_per_s",
+                                        "bytes_out_per_s", "events_per_s", "iterations_per_s")},
+}
+
+
+def check_schema(value, schema, where="sample"):
+    if isinstance(schema, dict):
+        assert isinstance(value, dict), where
+        missing = set(schema) - set(value)
+        assert not missing, f"{where}: missing {missing}"
+        for k, sub in schema.items():
+            check_schema(value[k], sub, f"{where}.{k}")
+    else:
+        assert isinstance(value, schema), f"{where}: {type(value).__name__}"
+
+
+def test_json_schema_version_1(loaded):
+    d, path, socks = loaded
+    socks[0].sendall(b"partial line held by the server")
+    r = fd_stats(str(d.pid), "--json", "--stats-socket", path)
+    sample = json.loads(r.stdout)
+    check_schema(sample, SCHEMA)
+    top = sample["reactor"]["top"]
+    assert len(top) == 1 and top[0]["rx_bytes"] == len(b"partial line held by the server")
+    assert set(top[0]) >= {"peer", "rx_bytes", "tx_bytes", "age_s", "idle_s"}
+    assert top[0]["peer"] == "127.0.0.1:%d" % socks[0].getsockname()[1]
+    assert set(sample["reactor"]["closed"]) >= {"peer_closed", "reset", "idle_timeout",
+                                                "line_too_long", "slow_consumer", "server_full",
+                                                "shutdown"}
+
+
+def test_no_permission_is_one_line_exit_1(daemon):
+    """Run fd-stats as an unprivileged user against the root daemon (in a forked child:
+    the venv's interpreter lives where that user cannot start it)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to become another user")
+    import reactor.fdstats  # noqa: F401 - import before dropping privileges: the unprivileged
+    from reactor.cli import fd_stats  # user cannot read this interpreter's stdlib
+
+    d = daemon()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.close(r)
+            sys.stderr = os.fdopen(w, "w", buffering=1)
+            os.setgid(65534)
+            os.setuid(65534)
+            code = fd_stats.main([str(d.pid)])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fd-stats: permission denied"), err
