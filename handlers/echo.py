@@ -18,12 +18,16 @@ PING = b"PING\n"
 
 
 class LineEchoHandler(Handler):
-    """Stateless: one instance serves every connection."""
+    """Stateless: one instance serves every connection. Uses the batch fast path (one
+    write per read); ``on_message`` serves codecs without batches."""
 
     __slots__ = ()
 
     def on_message(self, conn: Connection, line: bytes) -> None:
         conn.send(line)
+
+    def on_batch(self, conn: Connection, lines: bytes) -> None:  # type: ignore[override]
+        conn.write(lines)  # every complete line, newlines included: echo them as they came
 
     def on_eof(self, conn: Connection, remainder: bytes) -> bool:
         if remainder:

@@ -32,6 +32,7 @@ from .errors import CloseReason
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
 from .pool import BufferPool
+from .ring import RingBuffer
 from .protocols import Codec, Handler
 from .selector import make_selector
 from .wakeup import SignalPipe, Waker
@@ -115,6 +116,7 @@ class Loop:
         self._starved: list[Connection] = []
         self._soon: collections.deque[Handle] = collections.deque()
         self._scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
+        self._ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand
         self._listeners: list[Listener] = []
         self._waker = Waker()
         self._register(self._waker.fileno(), _FdReader(self._on_wakeup))
@@ -328,6 +330,11 @@ class Loop:
         conn._aux_timer = self._wheel.call_later(timeout_s, conn._connect_timed_out)
         return conn
 
+    def _take_ring(self) -> RingBuffer:
+        """An empty ring for a connection that is about to hold bytes."""
+        free = self._ring_free
+        return free.pop() if free else RingBuffer(self.pool)
+
     def _register(self, fd: int, obj: Any, writing: bool = False) -> None:
         self._fdmap[fd] = obj
         self._selector.register(fd, True, writing)
@@ -352,7 +359,9 @@ class Loop:
             sock.close()
             return
         self._next_id += 1
-        conn = Connection(self, sock, handler, codec, opts, addr or None, self._next_id,
+        # The address accept() returned is not kept (140 bytes per connection):
+        # conn.peer asks the kernel when someone wants it.
+        conn = Connection(self, sock, handler, codec, opts, None, self._next_id,
                           counted=listener._counted)
         # ET: an fd already readable when added raises its edge at once, so bytes
         # that came with the handshake are not missed.
@@ -499,7 +508,7 @@ class Loop:
         """Close every connection at once, with one warning naming what was dropped."""
         conns = self.connections()
         if conns:
-            left = [(c, len(c._tx) + len(c._rx)) for c in conns]
+            left = [(c, c.send_buffered + c.recv_buffered) for c in conns]
             total = sum(n for _, n in left)
             names = ", ".join(f"{_peer_name(c)} ({n} B)" for c, n in left[:10])
             more = f" and {len(left) - 10} more" if len(left) > 10 else ""

@@ -8,7 +8,7 @@ socket, the loop or a clock. Handler methods are no-ops by default (gnet's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .errors import CloseReason, CodecError
 
@@ -61,6 +61,14 @@ class Handler:
     """
 
     __slots__ = ()
+
+    #: Optional fast path. A handler that defines ``on_batch(conn, data)`` and runs with a
+    #: codec that has ``maybe_take_batch`` (``LineCodec`` does) gets every complete frame
+    #: buffered at once, in wire form, as one ``bytes`` object, instead of one
+    #: ``on_message`` per frame: one Python call per read instead of one per line. The
+    #: frame limits still hold. Suits handlers that treat frames as a stream (echo,
+    #: relay, fan-out).
+    on_batch: Callable[[Connection, bytes], None] | None = None
 
     def on_connect(self, conn: Connection) -> None:
         """The connection is established (accepted, or an outgoing connect finished)."""

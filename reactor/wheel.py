@@ -122,6 +122,11 @@ class Timer:
         """True while scheduled: not yet fired and not cancelled."""
         return self._bucket is not _INACTIVE
 
+    def _fire(self) -> None:
+        """Run the callback. Subclasses made for one owner (a connection's timer)
+        override this instead of storing a bound method per timer."""
+        self.callback(*self.args)
+
     def __repr__(self) -> str:
         state = "active" if self._bucket is not _INACTIVE else "idle"
         return f"<Timer {state} when={self.when:.6f} callback={self.callback!r}>"
@@ -442,7 +447,7 @@ class TimerWheel:
                     lag_i += 1
                     fired += 1
                     try:
-                        timer.callback(*timer.args)
+                        timer._fire()
                     except Exception as exc:
                         on_error(timer, exc)
                 if fired >= budget:
