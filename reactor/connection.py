@@ -75,6 +75,7 @@ _READ_EVENTS = IN | HUP | RDHUP | ERR
 _HANGUP = HUP | RDHUP | ERR
 _WRITE_EVENTS = OUT | HUP | ERR
 _EMPTY: Any = ()  # stands for "no send ring" in _flush: falsy, len() 0
+_SMALL_REST = 1024  # a partial frame up to this size is kept as bytes, not in pool chunks
 _MAX_SEGMENTS = 64  # iovecs per sendmsg; far below IOV_MAX (1024)
 _FLUSH_BUDGET = 1 << 20  # bytes one flush may send before others get a turn
 
@@ -124,7 +125,7 @@ class Connection:
     __slots__ = (
         "_loop", "_sock", "_fd", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
-        "_eof", "_hup", "_draining", "_drain_left", "_timer", "_batch",
+        "_eof", "_hup", "_draining", "_drain_left", "_timer", "_batch", "_rest", "_last_n",
         "_aux_timer", "_reason", "_counted", "_last_rx", "_last_tx", "id", "_peer", "created_at",
         "bytes_in", "bytes_out", "error", "user_data",
     )
@@ -151,6 +152,8 @@ class Connection:
         # connection holds neither a chunk nor a ring object.
         self._rx: RingBuffer | None = None
         self._tx: RingBuffer | None = None
+        self._rest: bytes | None = None  # a short partial frame kept between reads
+        self._last_n = 0
         self._opts = opts
         self._state = CONNECTING if connecting else OPEN
         self._pause = 0
@@ -216,7 +219,9 @@ class Connection:
     def recv_buffered(self) -> int:
         """Bytes received and not yet decoded into a message."""
         rx = self._rx
-        return len(rx) if rx is not None else 0
+        if rx is not None:
+            return len(rx)
+        return len(self._rest) if self._rest is not None else 0
 
     @property
     def reading(self) -> bool:
@@ -397,54 +402,110 @@ class Connection:
             self._linger_reads()
 
     def _pump_reads(self) -> None:
+        """Read until EAGAIN, a short read or the budget (invariant 1), delivering as we go.
+
+        Where the bytes land: a connection whose receive side holds nothing, or only
+        a short partial frame, reads into the loop's one big scratch ring (the partial
+        copied in front first): one large recv, decoded in place, and only what is left
+        over afterwards is kept -- a partial frame of up to ``_SMALL_REST`` bytes as a
+        ``bytes`` object, anything larger in a ring of pooled chunks (gnet's design).
+        So a busy connection holds pool memory only while it has a large partial
+        frame, and 10,000 connections each between two lines cost 10,000 small
+        objects, not 10,000 chunks. A connection with a large partial frame reads
+        straight into its own pooled ring.
+        """
         loop = self._loop
-        rx = self._rx
-        if rx is None:
-            rx = self._rx = loop._take_ring()
         recv_into = self._sock.recv_into
         keep = loop._read_keep
         budget = loop._read_budget
+        scratch = loop._scratch_ring
         while not self._pause and self._state == OPEN:
-            view = rx.writable(keep)
-            if view is None:
-                self._starve()
-                return
-            want = len(view)
-            if self._drain_left >= 0 and want > self._drain_left:
-                want = self._drain_left
+            rx = self._rx
+            if rx is None or (len(rx) <= _SMALL_REST and not rx.chunks_held > 1):
+                if rx is not None:  # hoist a short leftover in front of the new bytes
+                    for seg in rx.segments():
+                        scratch.write(seg)
+                    rx.clear()
+                    loop._ring_free.append(rx)
+                rest = self._rest
+                if rest is not None:
+                    scratch.write(rest)
+                    self._rest = None
+                rx = self._rx = scratch
             try:
-                n = recv_into(view, want)
-            except (BlockingIOError, InterruptedError):
-                rx.commit(0)
-                self._drop_rx_if_empty()
-                return
-            except OSError as exc:
-                rx.commit(0)
-                self._fail(exc)
-                return
-            if not n:
-                rx.commit(0)
-                self._peer_eof()
-                return
-            rx.commit(n)
-            self.bytes_in += n
-            loop._bytes_in += n
-            # The idle timer is not touched here: it checks this stamp when it fires
-            # (Netty's IdleStateHandler), so a busy connection pays one store per read.
-            self._last_rx = loop._now
-            self._deliver()
-            if self._drain_left >= 0:
-                self._drain_left -= n
-                if self._drain_left == 0:
-                    self._drain_done()
+                if self._read_once(rx, recv_into, 0 if rx is scratch else keep):
                     return
-            if n < want and not self._hup:
-                self._drop_rx_if_empty()
-                return  # short read: drained (invariant 1)
-            budget -= n
+            finally:
+                if rx is scratch:
+                    self._settle(scratch)
+            budget -= self._last_n
             if budget <= 0:
                 loop._ready.append(self)  # invariant 1: no edge will come for the rest
                 return
+
+    def _read_once(self, rx: RingBuffer, recv_into: Any, keep: int) -> bool:
+        """One recv into ``rx`` and the delivery of what it completed. True: stop reading."""
+        view = rx.writable(keep)
+        if view is None:
+            self._starve()
+            return True
+        want = len(view)
+        if self._drain_left >= 0 and want > self._drain_left:
+            want = self._drain_left
+        try:
+            n = recv_into(view, want)
+        except (BlockingIOError, InterruptedError):
+            rx.commit(0)
+            self._drop_rx_if_empty()
+            return True
+        except OSError as exc:
+            rx.commit(0)
+            self._fail(exc)
+            return True
+        if not n:
+            rx.commit(0)
+            self._peer_eof()
+            return True
+        rx.commit(n)
+        self._last_n = n
+        loop = self._loop
+        self.bytes_in += n
+        loop._bytes_in += n
+        # The idle timer is not touched here: it checks this stamp when it fires
+        # (Netty's IdleStateHandler), so a busy connection pays one store per read.
+        self._last_rx = loop._now
+        self._deliver()
+        if self._drain_left >= 0:
+            self._drain_left -= n
+            if self._drain_left == 0:
+                self._drain_done()
+                return True
+        if n < want and not self._hup:
+            self._drop_rx_if_empty()
+            return True  # short read: drained (invariant 1)
+        return False
+
+    def _settle(self, scratch: RingBuffer) -> None:
+        """After reading into the loop's scratch ring: keep what is left, free the scratch."""
+        if self._rx is scratch:
+            self._rx = None
+            left = len(scratch)
+            if left and self._state == OPEN:
+                if left <= _SMALL_REST and not self._pause:
+                    self._rest = scratch.peek(left)  # a partial frame: no chunk for it
+                else:  # complete frames held back by a pause, or a large partial frame
+                    loop = self._loop
+                    rx = self._rx = loop._take_ring()
+                    for seg in scratch.segments():
+                        rx.write(seg)
+                    # The bytes are read and must be kept (borrowing heap chunks if the
+                    # pool is dry), but reading stops until the pool has chunks again.
+                    probe = loop.pool.acquire(loop._read_keep)
+                    if probe is None:
+                        self._starve()
+                    else:
+                        loop.pool.release(probe)
+        scratch.clear()
 
     def _deliver(self) -> None:
         """Hand every complete message in the receive ring to the handler, in order."""
@@ -473,7 +534,7 @@ class Connection:
 
     def _drop_rx_if_empty(self) -> None:
         rx = self._rx
-        if rx is not None and not rx:
+        if rx is not None and not rx and rx is not self._loop._scratch_ring:
             self._rx = None
             self._loop._ring_free.append(rx)
 
@@ -491,7 +552,10 @@ class Connection:
         if not self._loop._edge:
             self._sync_interest()
         try:
-            remainder = self._codec.take_remainder(self._rx) if self._rx else b""
+            if self._rx:
+                remainder = self._codec.take_remainder(self._rx)
+            else:
+                remainder, self._rest = self._rest or b"", None
             keep_open = self._handler.on_eof(self, remainder)
         except Exception as exc:  # noqa: BLE001
             self._handler_failed(exc, "on_eof")
@@ -654,8 +718,9 @@ class Connection:
         for ring in (self._rx, self._tx):
             if ring is not None:
                 ring.clear()
-                self._loop._ring_free.append(ring)
-        self._rx = self._tx = None
+                if ring is not self._loop._scratch_ring:
+                    self._loop._ring_free.append(ring)
+        self._rx = self._tx = self._rest = None
         self._loop.call_soon(self._notify_closed)
 
     def _notify_closed(self) -> None:

@@ -117,6 +117,9 @@ class Loop:
         self._soon: collections.deque[Handle] = collections.deque()
         self._scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
         self._ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand
+        # One big buffer every connection reads into (see Connection._pump_reads); its
+        # own one-chunk pool, so it never competes with the connections' chunks.
+        self._scratch_ring = RingBuffer(BufferPool(read_budget, 1))
         self._listeners: list[Listener] = []
         self._waker = Waker()
         self._register(self._waker.fileno(), _FdReader(self._on_wakeup))
