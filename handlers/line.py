@@ -72,6 +72,17 @@ class LineCodec:
         """
         limit = self.max_frame_bytes
         n = len(buf)
+        if n <= limit:
+            # Everything buffered fits one window: no line here can be too long, so
+            # one rfind decides (the common case: one read's worth of short lines).
+            i = buf.rfind(_NL, self._scanned, n)
+            if i < 0:
+                if n >= limit:
+                    raise self._too_long(buf)
+                self._scanned = n
+                return None
+            self._scanned = n - i - 1
+            return buf.take(i + 1)
         # Each step finds the last newline within max_line bytes of the start
         # of the current line: every line before it fits, and the line after it
         # ends in the next window, so two steps cover at least max_line bytes.

@@ -493,3 +493,25 @@ def test_close_to_a_peer_that_never_reads_ends_at_close_timeout(mode):
         c.close()
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("line_len", [3, 900, 1025, 5000, 70000])
+def test_lines_arriving_in_pieces_across_reads_are_echoed_exactly(mode, line_len):
+    """Partial lines between reads: short ones kept as bytes, long ones in pooled chunks,
+    the scratch ring in between; every byte must come back in order."""
+    loop = Loop(selector=mode, read_budget=16 * 1024)
+    try:
+        addr = serve(loop, LineEchoHandler(), max_line=1 << 20)
+        c = client(addr)
+        payload = b"".join(bytes([65 + i % 26]) * (line_len - 1) + b"\n" for i in range(20))
+        col = Collect(loop, c, timeout=0)
+        piece = max(777, line_len // 9)
+        for k in range(0, len(payload), piece):
+            c.sendall(payload[k:k + piece])
+            col()
+        wait_for(lambda: len(col.got) >= len(payload), step=col, what="echo")
+        assert bytes(col.got) == payload
+        assert loop.connections()[0].recv_buffered == 0
+        assert loop.pool.chunks_in_use == 0
+    finally:
+        loop.close()
