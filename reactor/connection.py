@@ -125,7 +125,7 @@ class Connection:
     __slots__ = (
         "_loop", "_sock", "_fd", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
-        "_eof", "_hup", "_draining", "_drain_left", "_timer", "_batch", "_rest", "_last_n",
+        "_eof", "_hup", "_draining", "_drain_left", "_timer", "_batch", "_rest",
         "_aux_timer", "_reason", "_counted", "_last_rx", "_last_tx", "id", "_peer", "created_at",
         "bytes_in", "bytes_out", "error", "user_data",
     )
@@ -153,7 +153,6 @@ class Connection:
         self._rx: RingBuffer | None = None
         self._tx: RingBuffer | None = None
         self._rest: bytes | None = None  # a short partial frame kept between reads
-        self._last_n = 0
         self._opts = opts
         self._state = CONNECTING if connecting else OPEN
         self._pause = 0
@@ -433,22 +432,25 @@ class Connection:
                     self._rest = None
                 rx = self._rx = scratch
             try:
-                if self._read_once(rx, recv_into, 0 if rx is scratch else keep):
-                    return
+                n = self._read_once(rx, recv_into, 0 if rx is scratch else keep)
             finally:
                 if rx is scratch:
                     self._settle(scratch)
-            budget -= self._last_n
+            if n < 0:
+                return
+            budget -= n
             if budget <= 0:
                 loop._ready.append(self)  # invariant 1: no edge will come for the rest
                 return
 
-    def _read_once(self, rx: RingBuffer, recv_into: Any, keep: int) -> bool:
-        """One recv into ``rx`` and the delivery of what it completed. True: stop reading."""
+    def _read_once(self, rx: RingBuffer, recv_into: Any, keep: int) -> int:
+        """One recv into ``rx`` and the delivery of what it completed.
+
+        Returns the bytes read, or -1 when reading must stop for now."""
         view = rx.writable(keep)
         if view is None:
             self._starve()
-            return True
+            return -1
         want = len(view)
         if self._drain_left >= 0 and want > self._drain_left:
             want = self._drain_left
@@ -457,17 +459,16 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             rx.commit(0)
             self._drop_rx_if_empty()
-            return True
+            return -1
         except OSError as exc:
             rx.commit(0)
             self._fail(exc)
-            return True
+            return -1
         if not n:
             rx.commit(0)
             self._peer_eof()
-            return True
+            return -1
         rx.commit(n)
-        self._last_n = n
         loop = self._loop
         self.bytes_in += n
         loop._bytes_in += n
@@ -479,11 +480,11 @@ class Connection:
             self._drain_left -= n
             if self._drain_left == 0:
                 self._drain_done()
-                return True
+                return -1
         if n < want and not self._hup:
             self._drop_rx_if_empty()
-            return True  # short read: drained (invariant 1)
-        return False
+            return -1  # short read: drained (invariant 1)
+        return n
 
     def _settle(self, scratch: RingBuffer) -> None:
         """After reading into the loop's scratch ring: keep what is left, free the scratch."""
