@@ -24,5 +24,12 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+# The benchmark (tools/bench.py, docs/performance.md): installs the bench extra (uvloop), then
+# runs every workload against every server; BENCH_ARGS="--smoke" or "--only firehose" etc.
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python tools/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,78 @@
+"""tools/bench.py --smoke: the benchmark harness runs end to end and verifies what it counts.
+
+No speed is asserted here: CI machines are shared and noisy. What is asserted is that every
+server that can run on this machine ran every workload, that the bytes and connections were
+verified, and that the harness exits 0. uvloop is optional (the ``bench`` extra): without it
+that peer is skipped with a note, and that is a pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+BENCH = ROOT / "tools" / "bench.py"
+WORKLOADS = {"firehose", "closed", "idle", "accept", "timers"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the benchmark's load generator is C compiled at run time")
+    out = tmp_path_factory.mktemp("bench") / "records.jsonl"
+    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--quiet", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return done, records
+
+
+def expected_servers() -> set[str]:
+    want = {"line-echo", "asyncio", "c-echo"}
+    if importlib.util.find_spec("uvloop") is not None:
+        want.add("uvloop")
+    return want
+
+
+def test_smoke_exits_zero_and_prints_one_table_per_workload(smoke):
+    done, _ = smoke
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for title in ("### Firehose", "### Closed loop", "### Idle memory", "### Accept under load",
+                  "### Idle-timer re-arm", "### Targets"):
+        assert title in done.stdout
+
+
+def test_every_server_that_can_run_ran_every_workload(smoke):
+    _, records = smoke
+    run = [r for r in records if r["kind"] == "run"]
+    assert len(run) == 1
+    assert set(run[0]["servers"]) == expected_servers()
+    skipped = {r["server"] for r in records if r["kind"] == "skip"}
+    assert skipped == {"line-echo", "asyncio", "uvloop", "c-echo"} - expected_servers()
+    measured = {(r["workload"], r["server"]) for r in records if r["kind"] == "measurement"}
+    for workload in WORKLOADS - {"timers"}:
+        for server in expected_servers():
+            assert (workload, server) in measured
+    assert {("timers", "line-echo"), ("timers", "asyncio")} <= measured
+
+
+def test_every_measurement_verified_its_bytes_and_connections(smoke):
+    _, records = smoke
+    measurements = [r for r in records if r["kind"] == "measurement"]
+    assert measurements
+    for r in measurements:
+        assert "error" not in r, r
+        assert r["verified"] is True, (r["workload"], r["server"], r["notes"])
+    streams = [r for r in measurements if r["workload"] in ("firehose", "closed", "accept")]
+    assert all(r["bytes_verified"] > 0 and r["mismatches"] == 0 for r in streams)
+    for r in measurements:
+        if r["workload"] == "idle":
+            assert r["held_silent"] >= r["conns"] and r["echoed"] == r["conns"]
+        if r["workload"] == "accept":
+            assert r["probes_opened"] == r["extra"]

@@ -1,0 +1,544 @@
+/* load.c: the load generator of tools/bench.py, compiled by it at run time.
+ *
+ *     cc -O2 -o load load.c && ./load --mode firehose --port 9000 --conns 1000 --duration 3
+ *
+ * One process, one thread, non-blocking sockets on edge-triggered epoll, meant to be
+ * pinned to its own core so that it is never the bottleneck; it measures its own CPU
+ * (getrusage over the measured window) so that a run where it saturated its core can
+ * say so. Every byte that comes back is checked, so a server that drops, truncates or
+ * reorders cannot look fast. Loopback only (127.0.0.1); bounded in time: SIGALRM ends
+ * it after --max-seconds whatever happens.
+ *
+ * Modes (one JSON object on stdout at the end, or per phase for idle):
+ *   firehose  N connections each keep sending pipelined "ping\n" while reading the
+ *             echo, with at most --window unechoed bytes per connection (the server's
+ *             backpressure is respected, not flooded); lines/s echoed back.
+ *   closed    N connections each keep exactly --depth lines in flight; lines/s and the
+ *             per-line latency (queued to echoed, matched in order) p50/p99/p99.9.
+ *   idle      open N connections that send nothing, print {"phase":"connected",...},
+ *             then on the stdin line "echo" send one line on each and read it back,
+ *             print {"phase":"echoed",...}; exit on "quit" or end of input.
+ *   accept    firehose on N connections and, meanwhile, open --extra more at a steady
+ *             rate over --open-seconds, each sending one numbered line and expecting
+ *             its echo within --serve-window seconds of the first open.
+ * With --server-pid the server's CPU (utime+stime from /proc/PID/stat) over the window
+ * and its RSS and peak RSS (VmRSS/VmHWM) are reported too.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LINE "ping\n"
+#define LINE_LEN 5
+#define PAT_LEN (LINE_LEN * 26216)   /* ~128 KiB of "ping\n" */
+#define MAX_DEPTH 64
+#define MAX_INPROGRESS 256            /* connects in flight: stays under any listen backlog */
+#define PROBE_LEN 10                  /* "acc%06d\n" */
+
+enum { CONNECTING = 0, OPEN = 1, DEAD = 2 };
+enum { M_FIREHOSE, M_CLOSED, M_IDLE, M_ACCEPT };
+
+typedef struct {
+    int fd;
+    int state;
+    int probe;            /* accept mode: index of a probe connection, else -1 */
+    uint64_t sent, recvd; /* bytes, since connect */
+    uint64_t owed;        /* closed loop: bytes queued but not yet written */
+    uint64_t ts[MAX_DEPTH];
+    int ts_head, ts_count;
+    double t_open;        /* probes: when connect() was called */
+    char pbuf[PROBE_LEN];
+    int served;
+} conn_t;
+
+static char pat[PAT_LEN + LINE_LEN];
+static char rbuf[1 << 16];
+static int ep;
+static int mode;
+static int port = 9000, nconns = 1, depth = 1, server_pid = 0, extra = 0;
+static double duration = 3, warmup = 0.5, connect_timeout = 30, max_seconds = 0;
+static double open_seconds = 5, serve_window = 10;
+static uint64_t window_bytes = 65536;
+static conn_t *conns;     /* nconns main connections, then extra probes */
+static int inprogress = 0, next_connect = 0, n_open = 0, n_failed = 0, n_dropped = 0;
+static int probes_served = 0, probes_lost = 0;  /* lost: failed to connect or dropped unserved */
+static uint64_t mismatches = 0;
+static int measuring = 0;
+static uint64_t lines_window = 0;
+static uint64_t hist[8192];
+static uint64_t hist_n = 0, lat_max = 0;
+static struct sockaddr_in server;
+static int cores[2] = {-1, -1};  /* --cores S,L: the server's and this process's CPUs */
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+static double now_s(void) { return (double)now_ns() / 1e9; }
+
+static double cpu_self(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+static double cpu_of(int pid) {
+    if (!pid) return 0;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) return -1;
+    unsigned long ut = 0, st = 0;
+    /* after ") ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static long status_kb(int pid, const char *key) {
+    if (!pid) return 0;
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long v = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl) && line[kl] == ':') { v = atol(line + kl + 1); break; }
+    fclose(f);
+    return v;
+}
+
+/* CPU time (s) a core spent running tasks (user+nice+system) and stolen by the hypervisor. */
+static void core_times(int core, double *busy, double *steal) {
+    *busy = *steal = 0;
+    if (core < 0) return;
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return;
+    char line[512], want[16];
+    int wl = snprintf(want, sizeof want, "cpu%d ", core);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, want, (size_t)wl)) continue;
+        unsigned long long u = 0, n = 0, sy = 0, id = 0, io = 0, irq = 0, sirq = 0, st = 0;
+        sscanf(line + wl, "%llu %llu %llu %llu %llu %llu %llu %llu", &u, &n, &sy, &id, &io, &irq, &sirq, &st);
+        double hz = (double)sysconf(_SC_CLK_TCK);
+        *busy = (double)(u + n + sy) / hz;
+        *steal = (double)st / hz;
+        break;
+    }
+    fclose(f);
+}
+
+/* Latency histogram: exact below 256 ns, then 128 sub-buckets per power of two (<0.8 %). */
+static int hbucket(uint64_t v) {
+    if (v < 256) return (int)v;
+    int msb = 63 - __builtin_clzll(v);
+    int b = 256 + (msb - 8) * 128 + (int)((v >> (msb - 7)) & 127);
+    return b < 8192 ? b : 8191;
+}
+static double hvalue(int b) {  /* the middle of bucket b, in ns */
+    if (b < 256) return b;
+    int m = (b - 256) / 128 + 8, sub = (b - 256) % 128;
+    double lo = (double)(128 + sub) * (double)(1ull << (m - 7));
+    return lo + (double)(1ull << (m - 7)) / 2;
+}
+static double percentile_us(double p) {
+    if (!hist_n) return -1;
+    uint64_t want = (uint64_t)(p * (double)hist_n + 0.999999), acc = 0;
+    if (want < 1) want = 1;
+    for (int b = 0; b < 8192; b++) {
+        acc += hist[b];
+        if (acc >= want) return hvalue(b) / 1000.0;
+    }
+    return (double)lat_max / 1000.0;
+}
+
+static void kill_conn(conn_t *c, int dropped) {
+    if (c->state == DEAD) return;
+    if (c->state == CONNECTING) inprogress--;
+    if (c->state == OPEN && c->probe < 0) n_open--;
+    if (c->probe >= 0) { if (!c->served) probes_lost++; }
+    else if (dropped) n_dropped++;
+    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    struct linger lg = {1, 0};  /* reset, so no TIME_WAIT piles up over many runs */
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(c->fd);
+    c->state = DEAD;
+}
+
+static void start_connect(conn_t *c) {
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) { c->state = DEAD; if (c->probe >= 0) probes_lost++; else n_failed++; return; }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->state = CONNECTING;
+    c->t_open = now_s();
+    inprogress++;
+    struct epoll_event ev = {0};
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = c;
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+    if (connect(c->fd, (struct sockaddr *)&server, sizeof server) < 0 && errno != EINPROGRESS) {
+        kill_conn(c, 0);
+        if (c->probe < 0) n_failed++;
+    }
+    /* Completion (or failure) arrives as EPOLLOUT either way. */
+}
+
+/* Write what the mode wants on an open connection. -1: the connection died. */
+static int pump_writes(conn_t *c) {
+    if (c->probe >= 0) return 0;
+    for (;;) {
+        uint64_t n;
+        if (mode == M_FIREHOSE || mode == M_ACCEPT) {
+            uint64_t inflight = c->sent - c->recvd;
+            if (inflight >= window_bytes) return 0;
+            n = window_bytes - inflight;
+        } else {
+            n = c->owed;
+            if (!n) return 0;
+        }
+        if (n > PAT_LEN) n = PAT_LEN;
+        ssize_t w = send(c->fd, pat + c->sent % LINE_LEN, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        c->sent += (uint64_t)w;
+        if (mode == M_CLOSED || mode == M_IDLE) c->owed -= (uint64_t)w;
+    }
+}
+
+static void on_open(conn_t *c) {
+    c->state = OPEN;
+    inprogress--;
+    if (c->probe >= 0) {
+        char line[16];
+        snprintf(line, sizeof line, "acc%06d\n", c->probe);
+        if (send(c->fd, line, PROBE_LEN, MSG_NOSIGNAL) != PROBE_LEN) kill_conn(c, 1);
+        return;
+    }
+    n_open++;
+    if (mode == M_CLOSED) {
+        uint64_t t = now_ns();
+        for (int i = 0; i < depth; i++) c->ts[i] = t;
+        c->ts_head = 0;
+        c->ts_count = depth;
+        c->owed = (uint64_t)depth * LINE_LEN;
+    }
+    if (mode != M_IDLE && pump_writes(c) < 0) kill_conn(c, 1);
+}
+
+static void on_data(conn_t *c, const char *data, size_t n) {
+    if (c->probe >= 0) {
+        char want[16];
+        snprintf(want, sizeof want, "acc%06d\n", c->probe);
+        for (size_t i = 0; i < n; i++) {
+            if (c->recvd >= PROBE_LEN || data[i] != want[c->recvd]) { mismatches++; c->recvd++; continue; }
+            c->recvd++;
+        }
+        if (c->recvd == PROBE_LEN && !c->served) { c->served = 1; probes_served++; }
+        return;
+    }
+    /* The stream back must be exactly "ping\n" repeated, from where it left off. */
+    if (memcmp(data, pat + c->recvd % LINE_LEN, n) != 0) mismatches++;
+    uint64_t before = c->recvd / LINE_LEN;
+    c->recvd += n;
+    if (c->recvd > c->sent) mismatches++;  /* more back than was ever sent */
+    uint64_t done = c->recvd / LINE_LEN - before;
+    if (measuring) lines_window += done;
+    if (mode == M_CLOSED && done) {
+        uint64_t t = now_ns();
+        for (uint64_t k = 0; k < done; k++) {
+            if (c->ts_count <= 0) { mismatches++; break; }
+            uint64_t lat = t - c->ts[c->ts_head];
+            c->ts_head = (c->ts_head + 1) % MAX_DEPTH;
+            c->ts_count--;
+            if (measuring) {
+                hist[hbucket(lat)]++;
+                hist_n++;
+                if (lat > lat_max) lat_max = lat;
+            }
+            int slot = (c->ts_head + c->ts_count) % MAX_DEPTH;
+            c->ts[slot] = t;
+            c->ts_count++;
+        }
+        c->owed += done * LINE_LEN;
+    }
+}
+
+static void on_event(conn_t *c, uint32_t e) {
+    if (c->state == DEAD) return;
+    if (c->state == CONNECTING) {
+        if (!(e & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+        int err = 0;
+        socklen_t l = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        if (err || (e & EPOLLERR)) { kill_conn(c, 0); if (c->probe < 0) n_failed++; return; }
+        on_open(c);
+        if (c->state != OPEN) return;
+    }
+    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        for (;;) {
+            ssize_t r = recv(c->fd, rbuf, sizeof rbuf, 0);
+            if (r > 0) {
+                on_data(c, rbuf, (size_t)r);
+                /* A short read emptied the socket; data or a FIN arriving later is a new
+                 * edge, so the EAGAIN read that would confirm it is a syscall saved. */
+                if ((size_t)r < sizeof rbuf) break;
+                continue;
+            }
+            if (r == 0) { kill_conn(c, 1); return; }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            if (errno == EINTR) continue;
+            kill_conn(c, 1);
+            return;
+        }
+    }
+    if (pump_writes(c) < 0) kill_conn(c, 1);
+}
+
+/* One pass of the event loop: start connects up to the cap, wait, dispatch. */
+static struct epoll_event evs[4096];
+static int spin = 0;           /* --spin 1: poll without sleeping once connected */
+static double idle_polls_s = 0; /* time in polls that found nothing, while measuring */
+
+/* Wait for events. Spinning keeps this core awake, so the server's sends never pay for
+ * waking a sleeping generator (a cross-CPU wake-up costs microseconds on a VM, enough to
+ * make a closed loop settle in a slow or a fast mode at random); the time spent in
+ * empty polls is then what tells how busy the generator really was. */
+static int wait_events(int timeout_ms) {
+    if (!spin || next_connect < nconns || inprogress > 0) return epoll_wait(ep, evs, 4096, timeout_ms);
+    uint64_t t0 = measuring ? now_ns() : 0;
+    int n = epoll_wait(ep, evs, 4096, 0);
+    if (measuring && n == 0) idle_polls_s += (double)(now_ns() - t0) / 1e9;
+    return n;
+}
+
+static void run_once(int timeout_ms) {
+    while (next_connect < nconns && inprogress < MAX_INPROGRESS) start_connect(&conns[next_connect++]);
+    int n = wait_events(timeout_ms);
+    for (int i = 0; i < n; i++) on_event((conn_t *)evs[i].data.ptr, evs[i].events);
+}
+
+static void connect_all(void) {
+    double deadline = now_s() + connect_timeout;
+    while ((next_connect < nconns || inprogress > 0) && now_s() < deadline) run_once(10);
+    for (int i = 0; i < nconns; i++)
+        if (conns[i].state == CONNECTING) { kill_conn(&conns[i], 0); n_failed++; }
+}
+
+static void run_until(double t_end) {
+    for (;;) {
+        double left = t_end - now_s();
+        if (left <= 0) return;
+        run_once(left > 0.05 ? 50 : (int)(left * 1000) + 1);
+    }
+}
+
+static void finish(void) {
+    for (int i = 0; i < nconns + extra; i++)
+        if (conns[i].state != DEAD) {
+            struct linger lg = {1, 0};
+            setsockopt(conns[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            close(conns[i].fd);
+        }
+}
+
+static int starved_main(void) {  /* open main connections that never got a whole line back */
+    int s = 0;
+    for (int i = 0; i < nconns; i++)
+        if (conns[i].state == OPEN && conns[i].recvd < LINE_LEN) s++;
+    return s;
+}
+
+static void idle_mode(void) {
+    connect_all();
+    printf("{\"phase\": \"connected\", \"conns\": %d, \"open\": %d, \"connect_failed\": %d}\n",
+           nconns, n_open, n_failed);
+    fflush(stdout);
+    char cmd[64];
+    while (fgets(cmd, sizeof cmd, stdin)) {
+        if (!strncmp(cmd, "echo", 4)) {
+            int dropped0 = n_dropped;
+            for (int i = 0; i < nconns; i++)
+                if (conns[i].state == OPEN) {
+                    conns[i].owed += LINE_LEN;
+                    if (pump_writes(&conns[i]) < 0) kill_conn(&conns[i], 1);
+                }
+            double deadline = now_s() + connect_timeout;
+            int ok = 0;
+            while (now_s() < deadline) {
+                ok = 0;
+                for (int i = 0; i < nconns; i++)
+                    if (conns[i].state == OPEN && conns[i].recvd >= conns[i].sent && !conns[i].owed) ok++;
+                if (ok >= n_open) break;
+                run_once(20);
+            }
+            printf("{\"phase\": \"echoed\", \"open\": %d, \"echoed\": %d, \"mismatches\": %llu, "
+                   "\"dropped\": %d}\n", n_open, ok, (unsigned long long)mismatches, n_dropped - dropped0);
+            fflush(stdout);
+        } else if (!strncmp(cmd, "quit", 4)) {
+            break;
+        }
+    }
+    finish();
+}
+
+int main(int argc, char **argv) {
+    const char *mode_s = "firehose";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) { fprintf(stderr, "load: %s needs a value\n", a); return 2; }
+        i++;
+        if (!strcmp(a, "--mode")) mode_s = v;
+        else if (!strcmp(a, "--port")) port = atoi(v);
+        else if (!strcmp(a, "--conns")) nconns = atoi(v);
+        else if (!strcmp(a, "--depth")) depth = atoi(v);
+        else if (!strcmp(a, "--window")) window_bytes = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--duration")) duration = atof(v);
+        else if (!strcmp(a, "--warmup")) warmup = atof(v);
+        else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
+        else if (!strcmp(a, "--max-seconds")) max_seconds = atof(v);
+        else if (!strcmp(a, "--server-pid")) server_pid = atoi(v);
+        else if (!strcmp(a, "--spin")) spin = atoi(v);
+        else if (!strcmp(a, "--cores")) sscanf(v, "%d,%d", &cores[0], &cores[1]);
+        else if (!strcmp(a, "--extra")) extra = atoi(v);
+        else if (!strcmp(a, "--open-seconds")) open_seconds = atof(v);
+        else if (!strcmp(a, "--serve-window")) serve_window = atof(v);
+        else { fprintf(stderr, "load: unknown option %s\n", a); return 2; }
+    }
+    if (!strcmp(mode_s, "firehose")) mode = M_FIREHOSE;
+    else if (!strcmp(mode_s, "closed")) mode = M_CLOSED;
+    else if (!strcmp(mode_s, "idle")) mode = M_IDLE;
+    else if (!strcmp(mode_s, "accept")) mode = M_ACCEPT;
+    else { fprintf(stderr, "load: unknown mode %s\n", mode_s); return 2; }
+    if (depth < 1 || depth > MAX_DEPTH || nconns < 0 || extra < 0) { fprintf(stderr, "load: bad sizes\n"); return 2; }
+    if (mode != M_ACCEPT) extra = 0;
+    if (window_bytes < LINE_LEN) window_bytes = LINE_LEN;
+    if (max_seconds <= 0) max_seconds = connect_timeout + warmup + duration + serve_window + 60;
+    alarm((unsigned)max_seconds + 1);  /* the default action ends the process: bounded whatever happens */
+    signal(SIGPIPE, SIG_IGN);
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
+    for (int i = 0; i < PAT_LEN + LINE_LEN; i++) pat[i] = LINE[i % LINE_LEN];
+    server.sin_family = AF_INET;
+    server.sin_port = htons((unsigned short)port);
+    server.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    conns = calloc((size_t)(nconns + extra + 1), sizeof *conns);
+    for (int i = 0; i < nconns + extra; i++) { conns[i].probe = i < nconns ? -1 : i - nconns; conns[i].state = DEAD; }
+
+    if (mode == M_IDLE) { idle_mode(); return 0; }
+
+    double t_connect = now_s();
+    connect_all();
+    double connect_s = now_s() - t_connect;
+    run_until(now_s() + warmup);
+
+    /* The measured window. */
+    double cb0[2], cs0[2], cb1[2], cs1[2];
+    core_times(cores[0], &cb0[0], &cs0[0]);
+    core_times(cores[1], &cb0[1], &cs0[1]);
+    double srv0 = cpu_of(server_pid), me0 = cpu_self(), t0 = now_s();
+    measuring = 1;
+    int probes_opened = 0;
+    double probe_last_served = 0;
+    if (mode == M_ACCEPT) {
+        /* Probes open at a steady rate; the window ends when every probe is settled
+         * (served, failed or dropped) or serve_window seconds after the first open. */
+        double t_end = t0 + serve_window;
+        for (;;) {
+            double t = now_s();
+            while (probes_opened < extra && t >= t0 + open_seconds * probes_opened / extra) {
+                start_connect(&conns[nconns + probes_opened]);
+                probes_opened++;
+            }
+            int settled = probes_served + probes_lost;
+            if ((probes_opened == extra && settled == extra) || t >= t_end) break;
+            double next_open = probes_opened < extra ? t0 + open_seconds * probes_opened / extra : t_end;
+            double wait = next_open - t;
+            if (wait > 0.02) wait = 0.02;
+            if (wait < 0) wait = 0;
+            int n = wait_events((int)(wait * 1000));
+            for (int i = 0; i < n; i++) {
+                conn_t *c = (conn_t *)evs[i].data.ptr;
+                int was = c->served;
+                on_event(c, evs[i].events);
+                if (c->probe >= 0 && c->served && !was) probe_last_served = now_s();
+            }
+        }
+    } else {
+        run_until(t0 + duration);
+    }
+    double t1 = now_s(), me1 = cpu_self(), srv1 = cpu_of(server_pid);
+    core_times(cores[0], &cb1[0], &cs1[0]);
+    core_times(cores[1], &cb1[1], &cs1[1]);
+    measuring = 0;
+    double wall = t1 - t0;
+
+    int p_connected = 0;
+    for (int i = nconns; i < nconns + extra; i++)
+        if (conns[i].served || conns[i].state == OPEN) p_connected++;
+    int starved = starved_main();
+    uint64_t bytes_back = 0;
+    for (int i = 0; i < nconns; i++) bytes_back += conns[i].recvd;
+
+    printf("{\"mode\": \"%s\", \"conns\": %d, \"depth\": %d, \"window_bytes\": %llu, "
+           "\"connect_s\": %.3f, \"window_s\": %.4f, \"open\": %d, \"connect_failed\": %d, "
+           "\"dropped\": %d, \"starved\": %d, \"mismatches\": %llu, \"bytes_verified\": %llu, "
+           "\"lines\": %llu, \"lines_per_s\": %.1f, \"gen_cpu_pct\": %.1f, "
+           "\"gen_busy_pct\": %.1f, \"server_cpu_pct\": %.1f, \"server_rss_kb\": %ld, "
+           "\"server_hwm_kb\": %ld",
+           mode_s, nconns, depth, (unsigned long long)window_bytes, connect_s, wall,
+           n_open, n_failed, n_dropped, starved,
+           (unsigned long long)mismatches, (unsigned long long)bytes_back,
+           (unsigned long long)lines_window, wall > 0 ? (double)lines_window / wall : 0.0,
+           wall > 0 ? 100.0 * (me1 - me0) / wall : 0.0,
+           wall > 0 ? 100.0 * ((me1 - me0) / wall) * (1.0 - idle_polls_s / wall) : 0.0,
+           (server_pid && wall > 0 && srv0 >= 0 && srv1 >= 0) ? 100.0 * (srv1 - srv0) / wall : -1.0,
+           status_kb(server_pid, "VmRSS"), status_kb(server_pid, "VmHWM"));
+    if (cores[0] >= 0 && wall > 0) {
+        /* What else ran on the two cores during the window: other tasks, and steal. */
+        double other_s = 100.0 * (cb1[0] - cb0[0] - (srv1 - srv0)) / wall;
+        double other_l = 100.0 * (cb1[1] - cb0[1] - (me1 - me0)) / wall;
+        printf(", \"other_on_server_core_pct\": %.1f, \"other_on_load_core_pct\": %.1f, "
+               "\"steal_pct\": %.1f", other_s < 0 ? 0 : other_s, other_l < 0 ? 0 : other_l,
+               100.0 * (cs1[0] - cs0[0] + cs1[1] - cs0[1]) / wall);
+    }
+    if (mode == M_CLOSED)
+        printf(", \"lat_samples\": %llu, \"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, "
+               "\"lat_p999_us\": %.1f, \"lat_max_us\": %.1f",
+               (unsigned long long)hist_n, percentile_us(0.50), percentile_us(0.99),
+               percentile_us(0.999), (double)lat_max / 1000.0);
+    if (mode == M_ACCEPT)
+        printf(", \"extra\": %d, \"open_seconds\": %.2f, \"serve_window\": %.2f, "
+               "\"probes_opened\": %d, \"probes_connected\": %d, \"probes_served\": %d, "
+               "\"probes_failed\": %d, \"last_served_s\": %.3f",
+               extra, open_seconds, serve_window, probes_opened, p_connected, probes_served, probes_lost,
+               probe_last_served > 0 ? probe_last_served - t0 : -1.0);
+    printf("}\n");
+    fflush(stdout);
+    finish();
+    return 0;
+}
