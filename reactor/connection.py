@@ -125,7 +125,7 @@ class Connection:
     __slots__ = (
         "_loop", "_sock", "_fd", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
-        "_eof", "_hup", "_draining", "_drain_left", "_timer", "_batch", "_rest",
+        "_eof", "_hup", "_draining", "_drain_left", "_timer", "_batch", "_rest", "_out",
         "_aux_timer", "_reason", "_counted", "_last_rx", "_last_tx", "id", "_peer", "created_at",
         "bytes_in", "bytes_out", "error", "user_data",
     )
@@ -153,6 +153,7 @@ class Connection:
         self._rx: RingBuffer | None = None
         self._tx: RingBuffer | None = None
         self._rest: bytes | None = None  # a short partial frame kept between reads
+        self._out: bytes | None = None  # one write kept by reference until the flush
         self._opts = opts
         self._state = CONNECTING if connecting else OPEN
         self._pause = 0
@@ -211,8 +212,8 @@ class Connection:
     @property
     def send_buffered(self) -> int:
         """Bytes queued for the peer and not yet accepted by the kernel."""
-        tx = self._tx
-        return len(tx) if tx is not None else 0
+        tx, out = self._tx, self._out
+        return (len(tx) if tx is not None else 0) + (len(out) if out is not None else 0)
 
     @property
     def recv_buffered(self) -> int:
@@ -248,27 +249,40 @@ class Connection:
         """
         if self._state > OPEN:  # CONNECTING and OPEN may queue
             return False
-        tx = self._tx
+        tx = self._tx if self._out is None else self._spill()
         if tx is None:
             tx = self._tx = self._loop._take_ring()
         self._codec.encode_into(msg, tx)
-        return self._queued(tx)
+        return self._queued(len(tx))
 
     def write(self, data: bytes | bytearray | memoryview) -> bool:
         """Queue raw bytes for the peer, bypassing the codec. Same rules as :meth:`send`."""
         if self._state > OPEN:
             return False
-        tx = self._tx
+        if self._tx is None and self._out is None and type(data) is bytes:
+            # The common case (one reply per read): keep the bytes object itself, no
+            # copy and no ring; if the kernel does not take it all, the rest is copied
+            # into a ring then. Only bytes: anything mutable could change meanwhile.
+            self._out = data
+            return self._queued(len(data))
+        tx = self._tx if self._out is None else self._spill()
         if tx is None:
             tx = self._tx = self._loop._take_ring()
         tx.write(data)
-        return self._queued(tx)
+        return self._queued(len(tx))
 
-    def _queued(self, tx: RingBuffer) -> bool:
+    def _spill(self) -> RingBuffer:
+        """Move the write kept by reference into a send ring (a second write came)."""
+        tx = self._tx = self._loop._take_ring()
+        tx.write(self._out)  # type: ignore[arg-type]
+        self._out = None
+        return tx
+
+    def _queued(self, n: int) -> bool:
+        """``n`` bytes are now queued: schedule the flush, apply the watermarks and the limit."""
         if not self._flush_queued:
             self._flush_queued = True
             self._loop._flushq.append(self)
-        n = len(tx)
         opts = self._opts
         if n > opts.high_water:
             if n > opts.max_send_buffer:
@@ -277,12 +291,13 @@ class Connection:
                 self._flush()
                 if self._state == CLOSED:
                     return False
-                if len(tx) > opts.max_send_buffer:
+                n = self.send_buffered
+                if n > opts.max_send_buffer:
                     log.debug("connection %s: %d bytes queued, over max_send_buffer %d",
-                              self.id, len(tx), opts.max_send_buffer)
+                              self.id, n, opts.max_send_buffer)
                     self.abort(CloseReason.SLOW_CONSUMER)
                     return False
-            if not self._over_high and len(tx) > opts.high_water:
+            if not self._over_high and n > opts.high_water:
                 self._over_high = True
                 self._set_pause(P_BACKPRESSURE)
                 self._call("on_paused")
@@ -294,11 +309,27 @@ class Connection:
         st = self._state
         if st == CONNECTING or st >= LINGER:
             return
-        tx = self._tx
-        if tx is None:
-            tx = _EMPTY
         sent = 0
-        while tx:
+        out = self._out
+        if out is not None:  # one write kept by reference: send it as it is
+            self._out = None
+            try:
+                sent = self._sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if sent < len(out):  # the kernel is full: keep the rest in a ring
+                tx = self._tx = self._loop._take_ring()
+                tx.write(memoryview(out)[sent:])
+            else:
+                tx = _EMPTY
+        else:
+            tx = self._tx
+            if tx is None:
+                tx = _EMPTY
+        while tx and out is None:
             before = len(tx)
             segs = tx.segments(_MAX_SEGMENTS)
             try:
@@ -627,7 +658,7 @@ class Connection:
         self._pause |= P_EOF
         if not self._loop._edge:
             self._sync_interest()
-        if not self._tx:
+        if not self._tx and self._out is None:
             self._finish_close()
             return
         # A peer that never reads must not hold a closing connection forever.
@@ -721,7 +752,7 @@ class Connection:
                 ring.clear()
                 if ring is not self._loop._scratch_ring:
                     self._loop._ring_free.append(ring)
-        self._rx = self._tx = self._rest = None
+        self._rx = self._tx = self._rest = self._out = None
         self._loop.call_soon(self._notify_closed)
 
     def _notify_closed(self) -> None:
@@ -782,7 +813,7 @@ class Connection:
             self._aux_timer = None
         self._state = OPEN
         self._loop._connected(self)
-        if self._state == OPEN and self._tx:
+        if self._state == OPEN and (self._tx or self._out is not None):
             self._flush()
         if self._state == OPEN and not self._pause:
             self._pump_reads()

@@ -325,14 +325,25 @@ def test_idle_timeout_and_heartbeat_follow_the_fake_clock(mode):
 
 
 def test_pool_exhaustion_is_backpressure_then_recovery_without_loss(mode):
+    class SmallKernelBuffers(LineEchoHandler):
+        def on_connect(self, conn):  # so the replies back up into the rings, not the kernel
+            conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
     pool = BufferPool(chunk_size=1024, chunks=16)
     loop = Loop(selector=mode, pool=pool, read_reserve=4, read_budget=64 * 1024)
     try:
-        addr = serve(loop, LineEchoHandler(), max_line=512, high_water=4096, low_water=1024)
+        addr = serve(loop, SmallKernelBuffers(), max_line=512, high_water=4096, low_water=1024)
         clients = [client(addr) for _ in range(8)]
-        payloads = [b"".join(b"c%d-%05d\n" % (i, n) for n in range(20000)) for i in range(8)]
+        payloads = [b"".join(b"c%d-%06d\n" % (i, n) for n in range(100000)) for i in range(8)]
+        writers = [threading.Thread(target=c.sendall, args=(p,)) for c, p in zip(clients, payloads)]
+        for t in writers:
+            t.start()
+        # Nobody reads yet: the replies pile up past the pool, which must turn into
+        # backpressure (reads refused), not into unbounded memory or a crash.
+        run_until(loop, lambda: pool.stats().exhausted_total > 0, what="the pool runs dry")
+        assert all(not c.reading for c in loop.connections())
         got = [bytearray() for _ in clients]
-        threads = []
+        readers = []
         for c, p, g in zip(clients, payloads, got):
             def reader(c=c, p=p, g=g):
                 while len(g) < len(p):
@@ -340,20 +351,18 @@ def test_pool_exhaustion_is_backpressure_then_recovery_without_loss(mode):
                     if not data:
                         return
                     g.extend(data)
-            threads.append(threading.Thread(target=reader))
-            threads.append(threading.Thread(target=c.sendall, args=(p,)))
-        for t in threads:
+            readers.append(threading.Thread(target=reader))
+        for t in readers:
             t.start()
         run_until(loop, lambda: all(len(g) >= len(p) for g, p in zip(got, payloads)),
                   timeout=60, what="all echoes")
-        for t in threads:
+        for t in writers + readers:
             t.join(5)
         assert [bytes(g) for g in got] == payloads
-        assert pool.stats().exhausted_total > 0  # the pool really ran dry
         for c in clients:
             c.close()
         run_until(loop, lambda: loop.connection_count == 0)
-        assert pool.chunks_in_use == 0
+        assert pool.chunks_in_use == 0 and pool.stats().overflow_in_use == 0
     finally:
         loop.close()
 
