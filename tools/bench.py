@@ -832,10 +832,10 @@ def targets(res: Results) -> str:
         if ok:
             verdict = "met"
         elif higher:
-            verdict = f"NOT met: {value / goal:.0%} of the target" if goal else "NOT met"
+            verdict = f"NOT met: {1 - value / goal:.0%} short" if goal else "NOT met"
         else:
-            verdict = f"NOT met: {value / goal:.1f}× the limit"
-        shown = f"{value:.2f}{unit}" if unit == "×" else f"{value:.0f}{unit}"
+            verdict = f"NOT met: {value / goal - 1:.1%} over the limit"
+        shown = f"{value:.3f}{unit}" if unit == "×" else f"{value:.0f}{unit}"
         rows.append([what, shown + (f" ({why})" if why else ""), verdict])
 
     def r(workload: str, cfg: str, key: str, other: str, inverse: bool = False) -> float | None:
