@@ -30,17 +30,24 @@ def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
     assert "Traceback" not in r.stderr
 
 
+def hold_echoed(d, n: int) -> list[socket.socket]:
+    """Open n connections to daemon d, each echoing one line exactly; return them open."""
+    socks = []
+    for i in range(n):
+        s = d.connect()
+        line = b"c%d\n" % i
+        s.sendall(line)
+        assert recv_exactly(s, len(line)) == line
+        socks.append(s)
+    return socks
+
+
 @pytest.fixture
 def loaded(daemon, tmp_path):
     """line-echo with a stats socket and 300 open connections, each having echoed a line."""
     path = str(tmp_path / "echo.sock")
     d = daemon("--stats-socket", path)
-    socks = []
-    for i in range(300):
-        s = d.connect()
-        s.sendall(b"c%d\n" % i)
-        assert recv_exactly(s, len(b"c%d\n" % i)) == b"c%d\n" % i
-        socks.append(s)
+    socks = hold_echoed(d, 300)
     yield d, path, socks
     for s in socks:
         s.close()
@@ -126,12 +133,7 @@ def test_watch_counts_and_rates_follow_the_load(loaded):
 def test_workers_show_the_sum_and_each_worker(daemon, tmp_path):
     path = str(tmp_path / "w.sock")
     d = daemon("--workers", "2", "--stats-socket", path)
-    socks = []
-    for i in range(40):
-        s = d.connect()
-        s.sendall(b"%d\n" % i)
-        assert recv_exactly(s, len(b"%d\n" % i)) == b"%d\n" % i
-        socks.append(s)
+    socks = hold_echoed(d, 40)
     r = fd_stats(str(d.pid), "--json", "--stats-socket", path)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)["reactor"]
