@@ -103,14 +103,59 @@ class LineCodec:
         self._scanned = end - pos
         return buf.take(pos)
 
-    def _too_long(self, buf: RingBuffer) -> LineTooLong:
-        # The first max_line bytes hold no newline; report the whole line if it is all here.
+    def frames_end(self, buf, start: int, end: int) -> int:
+        """The flat-buffer form of :meth:`maybe_take_batch`, for a reader that decodes in place.
+
+        ``buf[:end]`` holds received bytes (``buf``: anything with ``rfind`` and
+        ``find``, such as ``bytes``, ``bytearray`` or ``mmap``) of which
+        ``buf[:start]`` is known to hold no newline (a partial line kept from
+        before). Returns ``cut``, the offset just past the last complete line:
+        ``buf[:cut]`` is every complete line, newlines included, and
+        ``buf[cut:end]`` the start of the next; 0 if no line is complete. Consumes
+        nothing and keeps no state. Raises :class:`~reactor.errors.LineTooLong`
+        when a line is longer than ``max_line`` (as soon as ``max_line`` bytes of
+        it are here, as :meth:`maybe_take_batch` does); the error's
+        ``valid_prefix`` is where that line starts, so the good lines before it
+        can be delivered first.
+
+        One ``rfind`` per ``max_line`` bytes, none per line: the limit costs no
+        Python operation per line.
+        """
         limit = self.max_frame_bytes
-        i = buf.find(_NL, limit)
+        if end <= limit:  # the common case: one read of short lines, one rfind
+            i = buf.rfind(_NL, start, end)
+            if i >= 0:
+                return i + 1
+            if end == limit:
+                raise self._too_long(buf, 0, end)
+            return 0
+        # As in maybe_take_batch: the last newline within max_line bytes of each line start.
+        pos = 0
+        s = start
+        while True:
+            e = pos + limit if pos + limit < end else end
+            if s >= e:
+                break
+            i = buf.rfind(_NL, s, e)
+            if i < 0:
+                break
+            pos = s = i + 1
+        if end - pos >= limit:  # max_line bytes from pos and no newline among them
+            exc = self._too_long(buf, pos, end)
+            exc.valid_prefix = pos
+            raise exc
+        return pos
+
+    def _too_long(self, buf, pos: int = 0, end: int | None = None) -> LineTooLong:
+        # [pos, pos + max_line) holds no newline; report the whole line if it is all here.
+        limit = self.max_frame_bytes
+        if end is None:
+            end = len(buf)
+        i = buf.find(_NL, pos + limit, end)
         if i >= 0:
-            return LineTooLong(i + 1, limit)
+            return LineTooLong(i + 1 - pos, limit)
         # At least max_line + 1: the newline, when it comes, is past max_line bytes.
-        return LineTooLong(max(len(buf), limit + 1), limit, complete=False)
+        return LineTooLong(max(end - pos, limit + 1), limit, complete=False)
 
     def take_remainder(self, buf: RingBuffer) -> bytes:
         """At EOF: consume and return the bytes of an incomplete last line, raw; ``b""`` if none.

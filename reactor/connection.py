@@ -69,6 +69,10 @@ P_BACKPRESSURE = 2  # send ring above the high watermark
 P_STARVED = 4  # the buffer pool refused a chunk
 P_EOF = 8  # the peer's FIN was read, or the connection is closing
 
+# How messages reach the handler: one on_message per frame, or on_batch with every
+# complete frame at once, decoded in a ring or (the fast path) in the loop's flat buffer.
+B_NONE, B_RING, B_FLAT = 0, 1, 2
+
 _SHUT_WR = socket.SHUT_WR
 _FIONREAD = termios.FIONREAD
 _READ_EVENTS = IN | HUP | RDHUP | ERR
@@ -165,8 +169,12 @@ class Connection:
         self._draining = False
         self._drain_left = -1
         self._timer: Timer | None = None  # idle and heartbeat checks, one timer for both
-        # The batch fast path: a handler with on_batch and a codec with maybe_take_batch.
-        self._batch = handler.on_batch is not None and hasattr(codec, "maybe_take_batch")
+        # The batch fast path: a handler with on_batch and a codec with maybe_take_batch
+        # (B_RING); with frames_end as well, reads decode in the loop's flat buffer (B_FLAT).
+        self._batch = (
+            B_NONE if handler.on_batch is None or not hasattr(codec, "maybe_take_batch")
+            else B_FLAT if hasattr(codec, "frames_end") else B_RING
+        )
         self._aux_timer: Timer | None = None  # connect timeout, then linger timeout
         self._reason: CloseReason | None = None
         self._counted = counted
@@ -402,7 +410,10 @@ class Connection:
             if ev & _HANGUP:
                 self._hup = True
             if ev & _READ_EVENTS and not self._pause:
-                self._pump_reads()
+                if self._batch == B_FLAT:
+                    self._pump_flat(self._loop._read_budget)
+                else:
+                    self._pump_reads()
                 # Replies to what this burst delivered leave now, in one sendmsg, so their
                 # chunks go back to the pool at once instead of piling up until the end of
                 # the iteration (with 1,000 events per poll that was 1,000 chunks touched).
@@ -449,6 +460,9 @@ class Connection:
         keep = loop._read_keep
         budget = loop._read_budget
         scratch = loop._scratch_ring
+        if self._batch == B_FLAT:
+            self._pump_flat(budget)
+            return
         while not self._pause and self._state == OPEN:
             rx = self._rx
             if rx is None or (len(rx) <= _SMALL_REST and not rx.chunks_held > 1):
@@ -473,6 +487,106 @@ class Connection:
             if budget <= 0:
                 loop._ready.append(self)  # invariant 1: no edge will come for the rest
                 return
+
+    def _pump_flat(self, budget: int) -> None:
+        """_pump_reads for the flat fast path: no ring unless a large partial frame waits."""
+        loop = self._loop
+        if len(loop._pool_free) <= loop._read_keep and loop.pool.acquire(loop._read_keep) is None:
+            # Reads here take no chunk, but what they cause (replies) does: when the sends
+            # have drained the pool to its reserve, reading waits (counted as exhaustion).
+            self._starve()
+            return
+        while not self._pause and self._state == OPEN:
+            rx = self._rx
+            if rx is None:
+                n = self._read_flat()
+            elif len(rx) <= _SMALL_REST:  # what is left of a large frame: back to bytes
+                self._rest = self._codec.take_remainder(rx)  # (and the codec forgets its scan)
+                self._rx = None
+                loop._ring_free.append(rx)
+                n = self._read_flat()
+            else:
+                n = self._read_once(rx, self._sock.recv_into, loop._read_keep)
+            if n < 0:
+                return
+            budget -= n
+            if budget <= 0:
+                loop._ready.append(self)  # invariant 1: no edge will come for the rest
+                return
+
+    def _read_flat(self) -> int:
+        """One recv into the loop's flat buffer, behind the partial frame kept as bytes;
+        the codec finds where the complete frames end, they go to on_batch as one copy,
+        and only the partial frame after them is kept. Returns the bytes read, or -1."""
+        loop = self._loop
+        mv = loop._flat_mv
+        rest = self._rest
+        if rest is None:
+            off = 0
+            view = mv
+        else:
+            off = len(rest)
+            mv[:off] = rest
+            view = mv[off:]
+        want = len(view)
+        if self._drain_left >= 0 and want > self._drain_left:
+            want = self._drain_left
+        try:
+            n = self._sock.recv_into(view, want)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError as exc:
+            self._fail(exc)
+            return -1
+        if not n:
+            self._peer_eof()  # the partial frame is still in self._rest for on_eof
+            return -1
+        self._rest = None
+        self.bytes_in += n
+        loop._bytes_in += n
+        self._last_rx = loop._now  # see _read_once
+        end = off + n
+        error = None
+        try:
+            cut = self._codec.frames_end(loop._flat, off, end)  # type: ignore[attr-defined]
+        except CodecError as exc:
+            error, cut = exc, exc.valid_prefix
+        if cut < end and error is None:  # keep the partial frame before the handler runs
+            if end - cut <= _SMALL_REST:
+                self._rest = mv[cut:end].tobytes()
+            else:
+                self._keep_in_ring(mv[cut:end])
+        if cut:
+            try:
+                self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
+                self._handler_failed(exc, "on_batch")
+                return -1
+        if error is not None:
+            if self._state == OPEN:
+                self._codec_error(error)
+            return -1
+        if self._drain_left >= 0:
+            self._drain_left -= n
+            if self._drain_left == 0:
+                self._drain_done()
+                return -1
+        if n < want and not self._hup:
+            return -1  # short read: drained (invariant 1)
+        return n
+
+    def _keep_in_ring(self, data: Any) -> None:
+        """Keep received bytes in a pooled receive ring (a large partial frame, or frames
+        held back by a pause). They are read and must be kept, borrowing heap chunks if the
+        pool is dry, but then reading stops until the pool has chunks again."""
+        loop = self._loop
+        rx = self._rx = loop._take_ring()
+        rx.write(data)
+        probe = loop.pool.acquire(loop._read_keep)
+        if probe is None:
+            self._starve()
+        else:
+            loop.pool.release(probe)
 
     def _read_once(self, rx: RingBuffer, recv_into: Any, keep: int) -> int:
         """One recv into ``rx`` and the delivery of what it completed.
@@ -526,17 +640,7 @@ class Connection:
                 if left <= _SMALL_REST and not self._pause:
                     self._rest = scratch.peek(left)  # a partial frame: no chunk for it
                 else:  # complete frames held back by a pause, or a large partial frame
-                    loop = self._loop
-                    rx = self._rx = loop._take_ring()
-                    for seg in scratch.segments():
-                        rx.write(seg)
-                    # The bytes are read and must be kept (borrowing heap chunks if the
-                    # pool is dry), but reading stops until the pool has chunks again.
-                    probe = loop.pool.acquire(loop._read_keep)
-                    if probe is None:
-                        self._starve()
-                    else:
-                        loop.pool.release(probe)
+                    self._keep_in_ring(scratch.peek(left))
         scratch.clear()
 
     def _deliver(self) -> None:

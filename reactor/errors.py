@@ -54,6 +54,10 @@ class CodecError(ReactorError):
     """
 
     reason: CloseReason = CloseReason.PROTOCOL_ERROR
+    #: Raised by ``frames_end`` (the flat-buffer fast path): how many bytes at the start
+    #: of the buffer hold complete, valid frames before the bad one. They are delivered
+    #: first, as ``maybe_take_batch`` would have returned them before raising.
+    valid_prefix: int = 0
 
 
 class FrameTooLong(CodecError):

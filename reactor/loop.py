@@ -108,6 +108,7 @@ class Loop:
                 f"read_reserve must be in [0, {self.pool.chunks_total}), not {read_reserve}"
             )
         self._read_keep = read_reserve
+        self._pool_free = self.pool._free  # its free list, for a call-free "is the pool low?"
         self._read_budget = read_budget
         self._wheel = TimerWheel(self._clock, tick_s=tick_s, on_error=self._timer_failed)
         self._fdmap: dict[int, Any] = {}
@@ -120,6 +121,10 @@ class Loop:
         # One big buffer every connection reads into (see Connection._pump_reads); its
         # own one-chunk pool, so it never competes with the connections' chunks.
         self._scratch_ring = RingBuffer(BufferPool(read_budget, 1))
+        # The flat buffer of the batch fast path (Connection._read_flat): one recv_into,
+        # one rfind by the codec, one copy of the complete frames out; allocated once.
+        self._flat = bytearray(read_budget)
+        self._flat_mv = memoryview(self._flat)
         self._listeners: list[Listener] = []
         self._waker = Waker()
         self._register(self._waker.fileno(), _FdReader(self._on_wakeup))

@@ -67,7 +67,7 @@ class BufferPool:
         views = [whole[i * chunk_size:(i + 1) * chunk_size] for i in range(chunks)]
         # Reversed so the first acquire() gets the chunk at offset 0: the arena
         # is then touched from its start, which keeps RSS compact.
-        self._free = views[::-1]
+        self._free = views[::-1]  # never rebound: Loop keeps a reference for a cheap len()
         # Where each chunk starts in the arena: a memoryview has no find(), so
         # rings search the arena itself (mmap.find is C-level) at this offset.
         self._offsets = {id(v): i * chunk_size for i, v in enumerate(views)}

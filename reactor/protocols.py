@@ -44,6 +44,14 @@ class Codec(Protocol):
         """Return the wire bytes of ``msg``."""
         ...
 
+    # Optional, for the batch fast path (see Handler.on_batch):
+    #   maybe_take_batch(buf: RingBuffer) -> bytes | None
+    #       consume and return every complete frame buffered, in wire form;
+    #   frames_end(buf, start: int, end: int) -> int
+    #       stateless: where the complete frames in the flat buffer buf[:end] end, given
+    #       that buf[:start] holds no complete frame; a CodecError it raises says in
+    #       ``valid_prefix`` how many bytes of good frames come before the bad one.
+
     def encode_into(self, msg: Any, out: RingBuffer) -> None:
         """Append the wire bytes of ``msg`` to ``out`` without building an intermediate object."""
         ...
@@ -67,7 +75,9 @@ class Handler:
     #: buffered at once, in wire form, as one ``bytes`` object, instead of one
     #: ``on_message`` per frame: one Python call per read instead of one per line. The
     #: frame limits still hold. Suits handlers that treat frames as a stream (echo,
-    #: relay, fan-out).
+    #: relay, fan-out). If the codec also has ``frames_end`` (``LineCodec`` does), reads
+    #: are decoded in place in one flat buffer of the loop and no ring is touched unless
+    #: a frame larger than 1 KiB is still arriving.
     on_batch: Callable[[Connection, bytes], None] | None = None
 
     def on_connect(self, conn: Connection) -> None:

@@ -203,6 +203,64 @@ def test_line_batch_and_frame_calls_mix(data, cuts, max_line, use_batch):
     assert (got, error) == expected[:2]
 
 
+def flat_decode(codec, pieces, flat=bytearray):
+    """Feed ``pieces`` the way Connection._read_flat does: the partial line kept from
+    before, then the new bytes, in one flat buffer; frames_end says where to cut.
+
+    Returns (batches, (error class, size) or None, partial line at EOF or None)."""
+    rest, batches = b"", []
+    for piece in pieces:
+        buf = flat(rest + piece)
+        try:
+            cut = codec.frames_end(buf, len(rest), len(buf))
+        except CodecError as e:
+            if e.valid_prefix:
+                batches.append(bytes(buf[:e.valid_prefix]))
+            return batches, (type(e), e.size), None
+        if cut:
+            batches.append(bytes(buf[:cut]))
+        rest = bytes(buf[cut:])
+    return batches, None, rest
+
+
+@settings(max_examples=300)
+@given(line_bytes | st.binary(max_size=600), chunkings, st.integers(1, 80),
+       st.sampled_from([bytes, bytearray]))
+def test_line_frames_end_agrees_with_the_ring_batch(data, cuts, max_line, flat):
+    for pieces in split(data, cuts), [data[i:i + 1] for i in range(len(data))]:
+        codec, ring = LineCodec(max_line), new_ring()
+        batches, error = [], None
+        try:
+            for piece in pieces:
+                ring.write(piece)
+                while (batch := codec.maybe_take_batch(ring)) is not None:
+                    batches.append(batch)
+        except LineTooLong as e:
+            error = (LineTooLong, e.size)
+        rest = None if error else codec.take_remainder(ring)
+        got, ferror, frest = flat_decode(LineCodec(max_line), pieces, flat)
+        assert b"".join(got) == b"".join(batches)
+        assert (ferror, frest) == (error, rest)
+
+
+def test_line_frames_end_is_stateless_and_cuts_after_the_last_newline():
+    codec = LineCodec(6)
+    buf = bytearray(b"ab\ncd\nef")
+    assert codec.frames_end(buf, 0, len(buf)) == 6
+    assert codec.frames_end(buf, 0, len(buf)) == 6  # nothing consumed, nothing remembered
+    assert codec.frames_end(buf, 0, 2) == 0
+    assert codec.frames_end(b"12345\n", 0, 6) == 6  # exactly max_line, newline included
+    with pytest.raises(LineTooLong) as info:
+        codec.frames_end(b"123456\n", 0, 7)  # one byte more
+    assert (info.value.size, info.value.valid_prefix) == (7, 0)
+    with pytest.raises(LineTooLong) as info:  # good lines first: where the bad one starts
+        codec.frames_end(b"a\nb\n" + b"x" * 20, 0, 24)
+    assert info.value.valid_prefix == 4 and info.value.size >= 7
+    # A long buffer of short lines: every window step keeps the cut exact.
+    data = b"".join(b"%d\n" % i for i in range(500)) + b"tail"
+    assert codec.frames_end(data, 0, len(data)) == len(data) - 4
+
+
 def test_line_batch_returns_good_lines_before_an_oversized_one():
     codec, ring = LineCodec(5), new_ring()
     ring.write(b"ab\ncd\n" + b"x" * 9 + b"\n")

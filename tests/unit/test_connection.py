@@ -527,3 +527,31 @@ def test_lines_arriving_in_pieces_across_reads_are_echoed_exactly(mode, line_len
         assert loop.pool.chunks_in_use == 0
     finally:
         loop.close()
+
+
+def test_mixed_line_lengths_switching_between_flat_buffer_and_ring(mode):
+    """Each piece is its own read, so the partial line moves between bytes (short) and a
+    pooled ring (over 1 KiB) and back many times; every byte must come back in order."""
+    import random
+
+    rnd = random.Random(7)
+    loop = Loop(selector=mode, read_budget=8 * 1024)
+    try:
+        addr = serve(loop, LineEchoHandler(), max_line=1 << 16)
+        c = client(addr)
+        payload = b"".join(bytes([97 + i % 26]) * rnd.choice([0, 1, 40, 900, 1100, 3000])
+                           + b"\n" for i in range(300))
+        col = Collect(loop, c, timeout=0)
+        run_until(loop, lambda: loop.connections(), what="accept")
+        conn = loop.connections()[0]
+        sent = 0
+        while sent < len(payload):
+            piece = payload[sent:sent + rnd.randint(1, 4000)]
+            c.sendall(piece)
+            sent += len(piece)
+            wait_for(lambda: conn.bytes_in == sent, step=col, what="the piece is read")
+        wait_for(lambda: len(col.got) >= len(payload), step=col, what="echo")
+        assert bytes(col.got) == payload
+        assert conn.recv_buffered == 0 and loop.pool.chunks_in_use == 0
+    finally:
+        loop.close()
