@@ -23,21 +23,20 @@ class LineCodec:
     one byte more is refused. A ``b"\\r"`` before the newline is part of the
     line; bytes are never decoded, so NUL and invalid UTF-8 pass through.
 
-    The codec keeps how far it has already searched (h11's
-    ``_next_line_search``, Netty's ``offset``), so a line that arrives one byte
-    at a time is scanned once overall. For that to hold, between calls the
-    receive ring may only be appended to, never consumed by anyone else.
+    How far it has already searched is kept in the ring (``RingBuffer.scan``;
+    h11's ``_next_line_search``, Netty's ``offset``), so a line that arrives one
+    byte at a time is scanned once overall, and the codec holds no per-connection
+    state: one instance may serve every connection. For that to hold, between
+    calls the receive ring may only be appended to, never consumed by anyone else.
     """
 
-    __slots__ = ("max_frame_bytes", "_scanned")
+    __slots__ = ("max_frame_bytes",)
 
     def __init__(self, max_line: int = 65536) -> None:
         """``ValueError`` if ``max_line < 1``. 64 KiB is asyncio's ``StreamReader`` limit."""
         if max_line < 1:
             raise ValueError(f"max_line {max_line} must be at least 1")
         self.max_frame_bytes = max_line
-        # Bytes at the front of the ring known to hold no newline (at most max_line).
-        self._scanned = 0
 
     def maybe_take_frame(self, buf: RingBuffer) -> bytes | None:
         """Consume and return the next complete line without its ``b"\\n"``; ``None`` if none yet.
@@ -51,13 +50,13 @@ class LineCodec:
         limit = self.max_frame_bytes
         n = len(buf)
         end = n if n < limit else limit
-        i = buf.find(_NL, self._scanned, end)
+        i = buf.find(_NL, buf.scan, end)
         if i < 0:
             if n >= limit:
                 raise self._too_long(buf)
-            self._scanned = n
+            buf.scan = n
             return None
-        self._scanned = 0
+        buf.scan = 0
         line = buf.peek(i)
         buf.consume(i + 1)
         return line
@@ -75,19 +74,19 @@ class LineCodec:
         if n <= limit:
             # Everything buffered fits one window: no line here can be too long, so
             # one rfind decides (the common case: one read's worth of short lines).
-            i = buf.rfind(_NL, self._scanned, n)
+            i = buf.rfind(_NL, buf.scan, n)
             if i < 0:
                 if n >= limit:
                     raise self._too_long(buf)
-                self._scanned = n
+                buf.scan = n
                 return None
-            self._scanned = n - i - 1
+            buf.scan = n - i - 1
             return buf.take(i + 1)
         # Each step finds the last newline within max_line bytes of the start
         # of the current line: every line before it fits, and the line after it
         # ends in the next window, so two steps cover at least max_line bytes.
         pos = 0  # start of the first line not known to be complete
-        start = self._scanned  # [pos, start) is known to hold no newline
+        start = buf.scan  # [pos, start) is known to hold no newline
         while True:
             end = pos + limit if pos + limit < n else n
             i = buf.rfind(_NL, start, end)
@@ -98,9 +97,9 @@ class LineCodec:
         if not pos:
             if n >= limit:
                 raise self._too_long(buf)
-            self._scanned = n
+            buf.scan = n
             return None
-        self._scanned = end - pos
+        buf.scan = end - pos
         return buf.take(pos)
 
     def frames_end(self, buf, start: int, end: int) -> int:
@@ -162,7 +161,7 @@ class LineCodec:
 
         Call it once :meth:`maybe_take_frame` returns ``None``; it takes every byte held.
         """
-        self._scanned = 0
+        buf.scan = 0
         return buf.take(len(buf))
 
     def encode(self, msg) -> bytes:

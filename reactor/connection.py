@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CloseReason, CodecError
 from .ring import RingBuffer
 from .selector import ERR, HUP, IN, OUT, RDHUP
-from .wheel import Timer
+from .wheel import Timer, TimerEntry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop import Loop
@@ -116,7 +116,7 @@ class ConnectionOptions:
             )
 
 
-class Connection:
+class Connection(TimerEntry):
     """One peer. Created by the loop (accept or connect), never by users.
 
     Public surface: :meth:`send`, :meth:`write`, :meth:`close`, :meth:`abort`,
@@ -129,7 +129,7 @@ class Connection:
     __slots__ = (
         "_loop", "_sock", "_fd", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
-        "_eof", "_hup", "_draining", "_drain_left", "_timer", "_batch", "_rest", "_out",
+        "_eof", "_hup", "_draining", "_drain_left", "_batch", "_rest", "_out",
         "_aux_timer", "_reason", "_counted", "_last_rx", "_last_tx", "id", "_peer", "created_at",
         "bytes_in", "bytes_out", "error", "user_data",
     )
@@ -146,10 +146,13 @@ class Connection:
         *,
         connecting: bool = False,
         counted: bool = True,
+        fd: int | None = None,
     ) -> None:
         self._loop = loop
         self._sock = sock
-        self._fd = sock.fileno()
+        # The int accept() returned, when given: the same object is the loop's fd-map key,
+        # so it is stored once (an int over 256 is a 28-byte object of its own).
+        self._fd = sock.fileno() if fd is None else fd
         self._handler = handler
         self._codec = codec
         # Rings are borrowed from the loop only while they hold bytes, so an idle
@@ -168,7 +171,8 @@ class Connection:
         self._hup = False
         self._draining = False
         self._drain_left = -1
-        self._timer: Timer | None = None  # idle and heartbeat checks, one timer for both
+        # The connection is its own wheel entry for the idle and heartbeat checks (_fire).
+        TimerEntry.__init__(self)
         # The batch fast path: a handler with on_batch and a codec with maybe_take_batch
         # (B_RING); with frames_end as well, reads decode in the loop's flat buffer (B_FLAT).
         self._batch = (
@@ -712,8 +716,7 @@ class Connection:
         opts = self._opts
         if opts.idle_timeout_s > 0 or opts.heartbeat_s > 0:
             now = self._loop._now
-            self._timer = _ConnTimer(self, self._loop._wheel)
-            self._loop._wheel.rearm(self._timer, self._next_check(now) - now)
+            self._loop._wheel.rearm(self, self._next_check(now) - now)
 
     def _next_check(self, now: float) -> float:
         """When the idle or the heartbeat period, whichever ends first, ends."""
@@ -725,7 +728,7 @@ class Connection:
             due = min(due, self._last_tx + opts.heartbeat_s)
         return max(due, now)
 
-    def _timer_fired(self) -> None:
+    def _fire(self) -> None:
         """Idle and heartbeat checks against the last read and send stamps; then re-arm."""
         if self._state != OPEN:
             return
@@ -741,8 +744,7 @@ class Connection:
             self._call("on_heartbeat")
             if self._state != OPEN:
                 return
-        assert self._timer is not None
-        self._loop._wheel.rearm(self._timer, self._next_check(now) - now)
+        self._loop._wheel.rearm(self, self._next_check(now) - now)
 
     # ---------------------------------------------------------------- closing
 
@@ -842,10 +844,10 @@ class Connection:
         if self._reason is None:
             self._reason = reason
         wheel = self._loop._wheel
-        for t in (self._timer, self._aux_timer):
-            if t is not None:
-                wheel.cancel(t)
-        self._timer = self._aux_timer = None
+        wheel.cancel(self)  # the idle/heartbeat check; a no-op if it was never armed
+        if self._aux_timer is not None:
+            wheel.cancel(self._aux_timer)
+            self._aux_timer = None
         self._loop._forget(self)
         try:
             self._sock.close()
@@ -962,20 +964,6 @@ class Connection:
             "idle_s": round(max(0.0, now - self._last_rx), 3),
             "paused": self.paused,
         }
-
-
-class _ConnTimer(Timer):
-    """A connection's one timer (idle and heartbeat checks). It calls back through
-    its owner instead of holding a bound method: 8 bytes per connection, not 64."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: Connection, wheel: TimerWheel) -> None:
-        super().__init__(None, (), wheel._tick_s)  # type: ignore[arg-type]
-        self.conn = conn
-
-    def _fire(self) -> None:
-        self.conn._timer_fired()
 
 
 def _peer_str(peer: Any) -> str:

@@ -370,7 +370,7 @@ class Loop:
         # The address accept() returned is not kept (140 bytes per connection):
         # conn.peer asks the kernel when someone wants it.
         conn = Connection(self, sock, handler, codec, opts, None, self._next_id,
-                          counted=listener._counted)
+                          counted=listener._counted, fd=fd)
         # ET: an fd already readable when added raises its edge at once, so bytes
         # that came with the handshake are not missed.
         self._register(fd, conn, writing=self._edge)

@@ -22,7 +22,9 @@ __all__ = ["Codec", "Handler"]
 class Codec(Protocol):
     """Turns the bytes in a receive ring into messages, and messages into bytes.
 
-    One codec object serves one connection (it may keep state, e.g. a scan offset).
+    A codec may keep per-connection state (then the factory given to ``Loop.listen``
+    makes one per connection) or none: ``LineCodec`` keeps its scan offset in the
+    ring (``RingBuffer.scan``), so one instance can serve every connection.
     """
 
     #: The largest frame the codec accepts; a larger one raises a ``FrameTooLong``.

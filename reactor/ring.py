@@ -31,10 +31,15 @@ class RingBuffer:
     be handed to application code. :meth:`peek` and :meth:`take` return copies.
     """
 
-    __slots__ = ("_pool", "_chunks", "_head", "_tail", "_len")
+    __slots__ = ("_pool", "_chunks", "_head", "_tail", "_len", "scan")
 
     def __init__(self, pool: BufferPool) -> None:
         self._pool = pool
+        #: Kept for the codec that decodes this ring, so the codec itself can be
+        #: stateless and shared: how many bytes at the front are known to hold no
+        #: frame end yet (h11 keeps its line search offset in its buffer the same
+        #: way). Reset to 0 whenever the ring empties.
+        self.scan = 0
         self._chunks: list[memoryview] | None = None
         self._head = 0  # offset of the first held byte in _chunks[0]
         self._tail = 0  # offset just past the last held byte in _chunks[-1]
@@ -303,4 +308,4 @@ class RingBuffer:
             for chunk in chunks:
                 release(chunk)
             self._chunks = None
-        self._head = self._tail = self._len = 0
+        self._head = self._tail = self._len = self.scan = 0

@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 from .clock import Clock
 
-__all__ = ["Timer", "TimerWheel", "WheelStats"]
+__all__ = ["Timer", "TimerEntry", "TimerWheel", "WheelStats"]
 
 _log = logging.getLogger("reactor")
 
@@ -93,38 +93,55 @@ class _Bucket:
 _INACTIVE = _Bucket(-1, 0, False)
 
 
-class Timer:
-    """A scheduled callback; created only by :class:`TimerWheel`.
+class TimerEntry:
+    """What the wheel links: a deadline tick and the links of its bucket.
 
-    ``callback(*args)`` runs once when the deadline passes. The same object
-    can be rescheduled with :meth:`TimerWheel.rearm` after it fired or was
-    cancelled, so a connection keeps one idle timer for its whole life.
+    :class:`Timer` is the usual kind. A long-lived object can instead *be* its
+    own timer by subclassing this and overriding :meth:`_fire` (a connection's
+    idle check does): no timer object, callback or bound method per owner, 32
+    bytes of slots instead. Call ``TimerEntry.__init__(self)`` before the
+    first :meth:`TimerWheel.rearm`.
     """
 
-    __slots__ = ("callback", "args", "_deadline", "_tick_s", "_bucket", "_prev", "_next")
+    __slots__ = ("_deadline", "_bucket", "_prev", "_next")
 
-    def __init__(self, callback: Callable[..., Any], args: tuple[Any, ...], tick_s: float) -> None:
-        self.callback = callback
-        self.args = args
+    def __init__(self) -> None:
         self._deadline = 0
-        self._tick_s = tick_s
         self._bucket: _Bucket = _INACTIVE
         self._prev: Any = None
         self._next: Any = None
 
-    @property
-    def when(self) -> float:
-        """The deadline in clock seconds, rounded up to a whole tick."""
-        return self._deadline * self._tick_s
+    def _fire(self) -> None:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+
+class Timer(TimerEntry):
+    """A scheduled callback; created only by :class:`TimerWheel`.
+
+    ``callback(*args)`` runs once when the deadline passes. The same object
+    can be rescheduled with :meth:`TimerWheel.rearm` after it fired or was
+    cancelled.
+    """
+
+    __slots__ = ("callback", "args", "_tick_s")
+
+    def __init__(self, callback: Callable[..., Any], args: tuple[Any, ...], tick_s: float) -> None:
+        TimerEntry.__init__(self)
+        self.callback = callback
+        self.args = args
+        self._tick_s = tick_s
 
     @property
     def active(self) -> bool:
         """True while scheduled: not yet fired and not cancelled."""
         return self._bucket is not _INACTIVE
 
+    @property
+    def when(self) -> float:
+        """The deadline in clock seconds, rounded up to a whole tick."""
+        return self._deadline * self._tick_s
+
     def _fire(self) -> None:
-        """Run the callback. Subclasses made for one owner (a connection's timer)
-        override this instead of storing a bound method per timer."""
         self.callback(*self.args)
 
     def __repr__(self) -> str:
@@ -145,7 +162,7 @@ class WheelStats:
 
 
 def _log_timer_error(timer: Timer, exc: Exception) -> None:
-    _log.exception("timer callback %r raised", timer.callback, exc_info=exc)
+    _log.exception("timer callback %r raised", getattr(timer, "callback", timer), exc_info=exc)
 
 
 class TimerWheel:

@@ -83,10 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
     where = format_address(sockets[0].getsockname())
-    max_line = args.max_line
+    # Both are stateless, so one of each serves every connection (no per-connection objects).
     handler = LineEchoHandler()
+    codec = LineCodec(args.max_line)
     try:
-        return run_server(config, lambda: handler, lambda: LineCodec(max_line), sockets,
+        return run_server(config, lambda: handler, lambda: codec, sockets,
                           on_ready=lambda: print(f"listening on {where}", flush=True))
     except OSError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -220,15 +220,14 @@ def test_sigterm_with_a_peer_that_never_reads_ends_at_drain_timeout(daemon):
     blob = b"z" * 1000 + b"\n"
     sent = 0
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # fill both directions until the server stops reading
+    # 2 MB: far more than the peer's 4 KiB receive buffer lets the server send, and less
+    # than --max-send-buffer (4 MiB), so the drain (which reads everything queued at the
+    # signal) cannot end early by aborting a slow consumer: only the timeout ends it.
+    while sent < 2_000_000 and time.monotonic() < deadline:
         try:
-            sent += s.send(blob * 64)
+            sent += s.send((blob * 64)[:2_000_000 - sent])
         except BlockingIOError:
             time.sleep(0.05)
-            try:
-                sent += s.send(blob * 64)
-            except BlockingIOError:
-                break
     start = time.monotonic()
     d.signal(signal.SIGTERM)
     assert d.wait(20) == 0

@@ -137,10 +137,25 @@ def test_line_codec_scans_a_slow_line_once():
     for _ in range(1000):
         ring.write(b"z")
         assert codec.maybe_take_frame(ring) is None
-    assert codec._scanned == 1000
+    assert ring.scan == 1000  # the offset lives in the ring: the codec keeps no state
     ring.write(b"\n")
     assert codec.maybe_take_frame(ring) == b"z" * 1000
-    assert codec._scanned == 0
+    assert ring.scan == 0
+
+
+def test_one_line_codec_serves_many_rings():
+    codec, a, b = LineCodec(10), new_ring(), new_ring()
+    a.write(b"aaa")
+    b.write(b"bb\nb")
+    assert codec.maybe_take_frame(a) is None
+    assert codec.maybe_take_batch(b) == b"bb\n"
+    a.write(b"a\n")
+    b.write(b"\n")
+    assert codec.maybe_take_frame(a) == b"aaaa"
+    assert codec.maybe_take_frame(b) == b"b"
+    a.write(b"x" * 10)  # scan state of a (emptied) ring starts over
+    with pytest.raises(LineTooLong):
+        codec.maybe_take_batch(a)
 
 
 @given(st.lists(st.binary(max_size=100).map(lambda b: b.replace(b"\n", b"")), max_size=30),

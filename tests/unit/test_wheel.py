@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from reactor.clock import FakeClock
-from reactor.wheel import Timer, TimerWheel, WheelStats
+from reactor.wheel import Timer, TimerEntry, TimerWheel, WheelStats
 
 
 def deadline_tick(when: float, tick_s: float) -> int:
@@ -39,6 +39,34 @@ def test_style_guide_idle_example():
     clock.advance(4.0); wheel.rearm(t, 5.0)            # a byte arrived: deadline moves to 9.0
     clock.advance(4.0); wheel.expire(); assert fired == []
     clock.advance(1.1); wheel.expire(); assert fired == ["idle"]
+
+
+def test_an_object_can_be_its_own_timer():
+    class Owner(TimerEntry):
+        __slots__ = ("fired",)
+
+        def __init__(self):
+            TimerEntry.__init__(self)
+            self.fired = 0
+
+        def _fire(self):
+            self.fired += 1
+
+    clock = FakeClock()
+    wheel = TimerWheel(clock, tick_s=0.01)
+    a, b = Owner(), Owner()
+    wheel.rearm(a, 1.0)
+    wheel.rearm(b, 1.0)
+    clock.advance(0.5); wheel.rearm(a, 1.0)  # later: a store, fired at 1.5 instead
+    wheel.cancel(b); wheel.cancel(b)  # twice is fine
+    assert len(wheel) == 1
+    clock.advance(0.6); wheel.expire()
+    assert (a.fired, b.fired) == (0, 0)
+    clock.advance(0.41); wheel.expire()
+    assert (a.fired, b.fired) == (1, 0) and len(wheel) == 0
+    wheel.rearm(a, 0.0)  # fired entries are armed again, same object
+    clock.advance(0.01); wheel.expire()
+    assert a.fired == 2
 
 
 @pytest.mark.parametrize("tick_s", [0.0, -0.001, float("nan")])
