@@ -127,7 +127,7 @@ class Connection(TimerEntry):
     """
 
     __slots__ = (
-        "_loop", "_sock", "_fd", "_handler", "_codec", "_rx", "_tx", "_opts",
+        "_loop", "_sock", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
         "_eof", "_hup", "_draining", "_drain_left", "_batch", "_rest", "_out",
         "_aux_timer", "_reason", "_counted", "_last_rx", "_last_tx", "id", "_peer", "created_at",
@@ -146,13 +146,9 @@ class Connection(TimerEntry):
         *,
         connecting: bool = False,
         counted: bool = True,
-        fd: int | None = None,
     ) -> None:
         self._loop = loop
-        self._sock = sock
-        # The int accept() returned, when given: the same object is the loop's fd-map key,
-        # so it is stored once (an int over 256 is a 28-byte object of its own).
-        self._fd = sock.fileno() if fd is None else fd
+        self._sock = sock  # its fd is asked of it when needed: no int object kept per connection
         self._handler = handler
         self._codec = codec
         # Rings are borrowed from the loop only while they hold bytes, so an idle
@@ -247,7 +243,7 @@ class Connection(TimerEntry):
         return self._state == OPEN and bool(self._pause & (P_USER | P_BACKPRESSURE | P_STARVED))
 
     def fileno(self) -> int:
-        return self._fd
+        return self._sock.fileno()
 
     # ---------------------------------------------------------------- sending
 
@@ -888,7 +884,7 @@ class Connection(TimerEntry):
         self._draining = True
         self._pause &= ~(P_USER | P_BACKPRESSURE)
         try:
-            buf = fcntl.ioctl(self._fd, _FIONREAD, b"\0\0\0\0")
+            buf = fcntl.ioctl(self._sock.fileno(), _FIONREAD, b"\0\0\0\0")
             queued = int.from_bytes(buf, sys.byteorder)
         except OSError:
             queued = 0
@@ -951,7 +947,7 @@ class Connection(TimerEntry):
         reading = (st == OPEN and not self._pause) or st == LINGER
         writing = st == CONNECTING or (self._write_blocked and st <= CLOSING)
         if st != CLOSED:
-            self._loop._selector.set_interest(self._fd, reading, writing)
+            self._loop._selector.set_interest(self._sock.fileno(), reading, writing)
 
     def _snapshot(self, now: float) -> dict[str, Any]:
         return {
