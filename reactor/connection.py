@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CloseReason, CodecError
 from .ring import RingBuffer
 from .selector import ERR, HUP, IN, OUT, RDHUP
-from .wheel import Timer, TimerEntry
+from .wheel import TimerEntry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop import Loop
@@ -68,6 +68,11 @@ P_USER = 1  # pause_reading()
 P_BACKPRESSURE = 2  # send ring above the high watermark
 P_STARVED = 4  # the buffer pool refused a chunk
 P_EOF = 8  # the peer's FIN was read, or the connection is closing
+P_FIN = 16  # the peer's FIN was read (set with P_EOF)
+
+# _drain_left: bytes still to read in a shutdown drain, or one of these.
+NOT_DRAINING = -1
+DRAINED = -2  # the drain read its quota; delivering and closing, pauses still ignored
 
 # How messages reach the handler: one on_message per frame, or on_batch with every
 # complete frame at once, decoded in a ring or (the fast path) in the loop's flat buffer.
@@ -129,10 +134,14 @@ class Connection(TimerEntry):
     __slots__ = (
         "_loop", "_sock", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
-        "_eof", "_hup", "_draining", "_drain_left", "_batch", "_rest", "_out",
-        "_aux_timer", "_reason", "_counted", "_last_rx", "_last_tx", "id", "_peer", "created_at",
+        "_hup", "_drain_left", "_batch", "_rest", "_out",
+        "_reason", "_last_rx", "_last_tx", "id", "_peer", "created_at",
         "bytes_in", "bytes_out", "error", "user_data",
     )
+
+    #: Counted in the loop's books (connection_count, close reasons, stats). The loop's own
+    #: service connections (the stats socket's) are an _UncountedConnection.
+    _counted = True
 
     def __init__(
         self,
@@ -145,7 +154,6 @@ class Connection(TimerEntry):
         conn_id: int,
         *,
         connecting: bool = False,
-        counted: bool = True,
     ) -> None:
         self._loop = loop
         self._sock = sock  # its fd is asked of it when needed: no int object kept per connection
@@ -163,10 +171,8 @@ class Connection(TimerEntry):
         self._flush_queued = False
         self._write_blocked = False
         self._over_high = False
-        self._eof = False
         self._hup = False
-        self._draining = False
-        self._drain_left = -1
+        self._drain_left = NOT_DRAINING
         # The connection is its own wheel entry for the idle and heartbeat checks (_fire).
         TimerEntry.__init__(self)
         # The batch fast path: a handler with on_batch and a codec with maybe_take_batch
@@ -175,9 +181,7 @@ class Connection(TimerEntry):
             B_NONE if handler.on_batch is None or not hasattr(codec, "maybe_take_batch")
             else B_FLAT if hasattr(codec, "frames_end") else B_RING
         )
-        self._aux_timer: Timer | None = None  # connect timeout, then linger timeout
         self._reason: CloseReason | None = None
-        self._counted = counted
         self.id = conn_id
         self._peer = peer  # None for accepted connections: asked of the kernel when needed
         self.created_at = self._last_rx = self._last_tx = loop._now
@@ -387,7 +391,7 @@ class Connection(TimerEntry):
         self._clear_pause(P_USER)
 
     def _set_pause(self, bit: int) -> None:
-        if self._draining:  # a drain reads what was queued at the signal regardless
+        if self._drain_left != NOT_DRAINING:  # a drain reads what was queued regardless
             bit &= ~(P_USER | P_BACKPRESSURE)
         was = self._pause
         self._pause = was | bit
@@ -683,8 +687,7 @@ class Connection(TimerEntry):
         self._clear_pause(P_STARVED)
 
     def _peer_eof(self) -> None:
-        self._eof = True
-        self._pause |= P_EOF
+        self._pause |= P_EOF | P_FIN
         if not self._loop._edge:
             self._sync_interest()
         try:
@@ -725,8 +728,16 @@ class Connection(TimerEntry):
         return max(due, now)
 
     def _fire(self) -> None:
-        """Idle and heartbeat checks against the last read and send stamps; then re-arm."""
-        if self._state != OPEN:
+        """The connection's one wheel entry fired; what it was armed for follows the state:
+        the connect timeout, the idle and heartbeat checks, the close timeout, the linger."""
+        st = self._state
+        if st != OPEN:
+            if st == CONNECTING:
+                self._connect_timed_out()
+            elif st == CLOSING:
+                self._close_expired()
+            elif st == LINGER:
+                self._linger_over()
             return
         now = self._loop.time()
         opts = self._opts
@@ -764,8 +775,7 @@ class Connection(TimerEntry):
             self._finish_close()
             return
         # A peer that never reads must not hold a closing connection forever.
-        self._aux_timer = self._loop._wheel.call_later(self._opts.close_timeout_s,
-                                                       self._close_expired)
+        self._loop._wheel.rearm(self, self._opts.close_timeout_s)
         if not self._flush_queued and not self._write_blocked:
             self._flush_queued = True
             self._loop._flushq.append(self)
@@ -783,7 +793,7 @@ class Connection(TimerEntry):
 
     def _finish_close(self) -> None:
         """The send ring is empty after close(): shut down our side and linger."""
-        if self._eof:
+        if self._pause & P_FIN:
             self._teardown(self._reason or CloseReason.PEER_CLOSED)
             return
         try:
@@ -792,9 +802,7 @@ class Connection(TimerEntry):
             self._teardown(self._reason or CloseReason.PEER_RESET)
             return
         self._state = LINGER
-        if self._aux_timer is not None:
-            self._loop._wheel.cancel(self._aux_timer)
-        self._aux_timer = self._loop._wheel.call_later(self._opts.linger_s, self._linger_over)
+        self._loop._wheel.rearm(self, self._opts.linger_s)
         if not self._loop._edge:
             self._sync_interest()
         self._linger_reads()
@@ -839,11 +847,7 @@ class Connection(TimerEntry):
         self._state = CLOSED
         if self._reason is None:
             self._reason = reason
-        wheel = self._loop._wheel
-        wheel.cancel(self)  # the idle/heartbeat check; a no-op if it was never armed
-        if self._aux_timer is not None:
-            wheel.cancel(self._aux_timer)
-            self._aux_timer = None
+        self._loop._wheel.cancel(self)  # whatever it was armed for; a no-op if nothing
         self._loop._forget(self)
         try:
             self._sock.close()
@@ -878,10 +882,9 @@ class Connection(TimerEntry):
             return
         if st != OPEN:
             return
-        if self._eof:
+        if self._pause & P_FIN:
             self.close(CloseReason.SHUTDOWN)
             return
-        self._draining = True
         self._pause &= ~(P_USER | P_BACKPRESSURE)
         try:
             buf = fcntl.ioctl(self._sock.fileno(), _FIONREAD, b"\0\0\0\0")
@@ -898,7 +901,7 @@ class Connection(TimerEntry):
             self._loop._ready.append(self)
 
     def _drain_done(self) -> None:
-        self._drain_left = -1
+        self._drain_left = DRAINED
         self._deliver()
         self.close(CloseReason.SHUTDOWN)
 
@@ -910,9 +913,7 @@ class Connection(TimerEntry):
             self.error = OSError(err, os.strerror(err))
             self._teardown(CloseReason.CONNECT_FAILED)
             return
-        if self._aux_timer is not None:
-            self._loop._wheel.cancel(self._aux_timer)
-            self._aux_timer = None
+        self._loop._wheel.cancel(self)  # the connect timeout
         self._state = OPEN
         self._loop._connected(self)
         if self._state == OPEN and (self._tx or self._out is not None):
@@ -960,6 +961,13 @@ class Connection(TimerEntry):
             "idle_s": round(max(0.0, now - self._last_rx), 3),
             "paused": self.paused,
         }
+
+
+class _UncountedConnection(Connection):
+    """A connection the loop serves but does not count (see ``Connection._counted``)."""
+
+    __slots__ = ()
+    _counted = False
 
 
 def _peer_str(peer: Any) -> str:

@@ -28,7 +28,7 @@ import stat
 from typing import Any, Callable
 
 from .clock import Clock, MonotonicClock
-from .connection import Connection, ConnectionOptions, _peer_str
+from .connection import Connection, ConnectionOptions, _peer_str, _UncountedConnection
 from .errors import CloseReason
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
@@ -338,7 +338,7 @@ class Loop:
             return conn
         self._register(sock.fileno(), conn, writing=True)
         self._nconns += 1
-        conn._aux_timer = self._wheel.call_later(timeout_s, conn._connect_timed_out)
+        self._wheel.rearm(conn, timeout_s)  # the connect timeout (Connection._fire)
         return conn
 
     def _take_ring(self) -> RingBuffer:
@@ -380,8 +380,8 @@ class Loop:
         self._next_id += 1
         # The address accept() returned is not kept (140 bytes per connection):
         # conn.peer asks the kernel when someone wants it.
-        conn = Connection(self, sock, handler, codec, opts, None, self._next_id,
-                          counted=listener._counted)
+        cls = Connection if listener._counted else _UncountedConnection
+        conn = cls(self, sock, handler, codec, opts, None, self._next_id)
         # ET: an fd already readable when added raises its edge at once, so bytes
         # that came with the handshake are not missed.
         self._register(fd, conn, writing=self._edge)
