@@ -14,7 +14,7 @@ from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import Loop, read_stats, serve_stats
 from reactor.stats import StatsError, advertised_path, aggregate, loop_stats
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, run_echo, wait_for
 
 CONTRACT_KEYS = {"version", "pid", "connections", "accepted", "closed", "chunks", "timers",
                  "iterations", "events", "events_per_s", "lag", "bytes_in", "bytes_out",
@@ -30,18 +30,7 @@ def loop():
 
 def echo_once(loop, addr, payload=b"hello\n"):
     c = socket.create_connection(addr, timeout=5)
-    c.sendall(payload)
-    c.setblocking(False)
-    got = bytearray()
-
-    def step():
-        loop.run_once(0.01)
-        try:
-            got.extend(c.recv(4096))
-        except BlockingIOError:
-            pass
-
-    wait_for(lambda: got == payload, step=step)
+    run_echo(loop, c, payload)
     return c
 
 
