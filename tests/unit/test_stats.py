@@ -88,6 +88,16 @@ def test_aggregate_sums_workers_and_keeps_the_worst_lag():
     assert [c["peer"] for c in t["top"]] == ["b", "a"] and t["top"][0]["worker"] == 2
 
 
+def test_aggregate_sums_the_accept_limit_counters_and_keeps_each_workers_limits():
+    a = {"pid": 1, "per_ip_rejections": 2, "accept_pauses": 7,
+         "listeners": [{"max_conns_per_ip": 3, "accept_rate": 50.0, "accept_pauses": 7}]}
+    b = {"pid": 2, "per_ip_rejections": 1, "accept_pauses": 0,
+         "listeners": [{"max_conns_per_ip": 3, "accept_rate": 50.0, "accept_pauses": 0}]}
+    t = aggregate([a, b])
+    assert t["per_ip_rejections"] == 3 and t["accept_pauses"] == 7
+    assert [lst["accept_rate"] for lst in t["listeners"]] == [50.0, 50.0]  # per worker
+
+
 def run_loop_in_thread(loop):
     import threading
 
