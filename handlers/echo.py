@@ -10,10 +10,12 @@ from __future__ import annotations
 from reactor import Connection, Handler
 from reactor.errors import CodecError, LineTooLong
 
-__all__ = ["LineEchoHandler", "ERR_LINE_TOO_LONG", "ERR_SERVER_FULL", "PING"]
+__all__ = ["LineEchoHandler", "ERR_LINE_TOO_LONG", "ERR_SERVER_FULL", "ERR_TOO_MANY_FROM_ADDRESS",
+           "PING"]
 
 ERR_LINE_TOO_LONG = b"ERR line too long\n"
 ERR_SERVER_FULL = b"ERR server full\n"
+ERR_TOO_MANY_FROM_ADDRESS = b"ERR too many connections from your address\n"
 PING = b"PING\n"
 
 

@@ -33,6 +33,7 @@ class CloseReason(enum.Enum):
     PROTOCOL_ERROR = "protocol_error"  #: any other CodecError
     SLOW_CONSUMER = "slow_consumer"    #: send buffer passed its hard limit
     SERVER_FULL = "server_full"        #: refused at accept: connection cap or no fds
+    PER_IP_LIMIT = "per_ip_limit"      #: refused at accept: its address held max_conns_per_ip
     SHUTDOWN = "shutdown"              #: closed by Loop.shutdown()
     LOCAL_CLOSE = "local_close"        #: the application called close() or abort()
     HANDLER_ERROR = "handler_error"    #: a handler callback raised

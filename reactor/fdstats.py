@@ -153,6 +153,12 @@ def render(sample: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _limit(r: dict[str, Any], key: str, unit: str = "") -> str:
+    """A listener limit as set on every listener ("off" for 0), several values joined by /."""
+    values = sorted({lst.get(key, 0) for lst in r.get("listeners", [])})
+    return "/".join(f"{v:g}{unit}" if v else "off" for v in values) or "off"
+
+
 def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str, str]]:
     ch, tm, lag = r.get("chunks", {}), r.get("timers", {}), r.get("lag", {})
     rows = [
@@ -170,6 +176,10 @@ def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str,
                    f"of {ch.get('chunk_size', 0)} B (high water {ch.get('high_water', 0)})  "
                    f"exhausted {ch.get('exhausted_total', 0)}  "
                    f"overflow {ch.get('overflow_in_use', 0)}"),
+        ("  limits", f"per ip {_limit(r, 'max_conns_per_ip')}  "
+                     f"per_ip_rejections {r.get('per_ip_rejections', 0)}  "
+                     f"accept rate {_limit(r, 'accept_rate', '/s')}  "
+                     f"accept_pauses {r.get('accept_pauses', 0)}"),
         ("  buffers", f"rx {_size(r.get('rx_bytes', 0))}  tx {_size(r.get('tx_bytes', 0))}  "
                       f"paused {r.get('paused_reading', 0)}  "
                       f"broadcast skipped {r.get('broadcast_skipped', 0)}"),

@@ -1,9 +1,17 @@
-"""Listener: the accept path -- accept within a budget, the connection cap, fd exhaustion.
+"""Listener: the accept path -- accept within a budget, connection caps, rate, fd exhaustion.
 
 Each listening socket is registered for read edges only. One edge may stand
 for many queued connections, so we accept until EAGAIN (invariant 1 of
 connection.py applies to accept too), at most ``accept_budget`` per turn; if the
 budget runs out the listener goes on the loop's ready list.
+
+Two optional limits, both free when off (a local int or None test per accept):
+``max_conns_per_ip`` counts held connections per peer host in a dict that drops
+a host at zero, so it never holds more entries than connections; the slot is
+given back from the connection's close path (``Loop._forget``). ``accept_rate``
+is a ``TokenBucket``: when it is empty we stop accepting and leave the rest in
+the kernel's backlog, and -- as with EMFILE below, there will be no new edge --
+a timer resumes accepting when the next token is due.
 
 Running out of file descriptors (EMFILE/ENFILE)
 -----------------------------------------------
@@ -25,7 +33,9 @@ module (Netty #6055: the recovery code itself needed an fd).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
+import math
 import os
 import resource
 import socket
@@ -34,11 +44,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import CloseReason
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .clock import Clock
     from .connection import ConnectionOptions
     from .loop import Loop
     from .protocols import Codec, Handler
 
-__all__ = ["Listener", "FdReserve", "raise_fd_limit", "default_max_conns", "FD_RESERVE"]
+__all__ = ["Listener", "FdReserve", "TokenBucket", "raise_fd_limit", "default_max_conns",
+           "FD_RESERVE"]
 
 log = logging.getLogger("reactor")
 
@@ -49,6 +61,9 @@ _PEER_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
                           errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
 _RETRY_S = 0.1
 _WARN_EVERY_S = 10.0
+# Float time falls short: 100.1 - 100.0 is 0.0999999999999943, so the token a timer
+# was set for must count as there a hair early.
+_TOKEN_EPS = 1e-9
 
 
 #: File descriptors kept back from the default connection cap for listeners, logs,
@@ -123,11 +138,60 @@ class FdReserve:
         self.release()
 
 
+class TokenBucket:
+    """At most ``rate`` takes per second on average, in bursts of up to ``rate`` (at least 1).
+
+    Starts full. Refilled from ``clock`` (the loop's; tests pass a FakeClock)
+    whenever it is asked, so it needs no timer of its own. A bucket rather than
+    a per-second window: a window lets two windows' worth through around its edge.
+    Raises ValueError unless ``rate`` is a finite number > 0.
+    """
+
+    __slots__ = ("rate", "capacity", "_clock", "_tokens", "_stamp")
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a finite number > 0, not {rate}")
+        self.rate = float(rate)
+        self.capacity = max(1.0, self.rate)
+        self._clock = clock
+        self._tokens = self.capacity
+        self._stamp = clock.now()
+
+    @property
+    def tokens(self) -> float:
+        """Tokens in the bucket now (fractions count toward the next one)."""
+        now = self._clock.now()
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        self._tokens = tokens if tokens < self.capacity else self.capacity
+        self._stamp = now
+        return self._tokens
+
+    def take(self) -> bool:
+        """Spend one token; False, spending nothing, if the bucket holds less than one."""
+        if self.tokens < 1.0 - _TOKEN_EPS:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def give_back(self) -> None:
+        """Return a token that bought nothing (accept() found the queue empty)."""
+        self._tokens = min(self.capacity, self._tokens + 1.0)
+
+    def wait_s(self) -> float:
+        """Seconds until the next token is due; 0 if one is there."""
+        return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
 class Listener:
     """A listening socket and what to do with the connections it accepts.
 
     Created by ``Loop.listen``. ``address`` is the bound address; ``close()``
     stops accepting (established connections are not affected).
+    ``max_conns_per_ip`` (0: off; always 0 on a unix socket, whose peers have
+    no address) and ``accept_rate`` (connections per second, 0: off) are the
+    optional limits; ``per_ip_rejected_total`` and ``accept_pauses_total`` count them
+    (``per_ip_rejections`` and ``accept_pauses`` in the stats document).
     """
 
     __slots__ = (
@@ -135,6 +199,8 @@ class Listener:
         "max_conns", "reject_message", "accept_budget", "_reserve", "_paused",
         "_retry", "_counted", "_warned_at", "_unwarned", "address", "family",
         "accepted_total", "rejected_total", "fd_exhausted_total", "_closed", "on_close",
+        "max_conns_per_ip", "per_ip_reject_message", "_per_ip", "per_ip_rejected_total",
+        "accept_rate", "_bucket", "accept_pauses_total",
     )
 
     def __init__(
@@ -147,10 +213,17 @@ class Listener:
         *,
         max_conns: int,
         reject_message: bytes | None = None,
+        max_conns_per_ip: int = 0,
+        per_ip_reject_message: bytes | None = None,
+        accept_rate: float = 0.0,
         accept_budget: int = 256,
         counted: bool = True,
         reserve: FdReserve | None = None,
     ) -> None:
+        if max_conns_per_ip < 0:
+            raise ValueError(f"max_conns_per_ip must be >= 0, not {max_conns_per_ip}")
+        if not (accept_rate >= 0 and math.isfinite(accept_rate)):
+            raise ValueError(f"accept_rate must be a finite number >= 0, not {accept_rate}")
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -159,6 +232,14 @@ class Listener:
         self._opts = opts
         self.max_conns = max_conns
         self.reject_message = reject_message
+        self.family = sock.family
+        self.max_conns_per_ip = 0 if self.family == socket.AF_UNIX else max_conns_per_ip
+        self.per_ip_reject_message = per_ip_reject_message
+        self._per_ip: dict[str, int] = {}  # peer host -> connections held; no zero entries
+        self.per_ip_rejected_total = 0
+        self.accept_rate = float(accept_rate)
+        self._bucket = TokenBucket(accept_rate, loop._clock) if accept_rate else None
+        self.accept_pauses_total = 0
         self.accept_budget = accept_budget
         self._reserve = reserve if reserve is not None else FdReserve()
         self._paused = False
@@ -167,7 +248,6 @@ class Listener:
         self._warned_at = -1e18
         self._unwarned = 0
         self.address = sock.getsockname()
-        self.family = sock.family
         self.accepted_total = 0
         self.rejected_total = 0
         self.fd_exhausted_total = 0
@@ -209,10 +289,18 @@ class Listener:
     def _accept_some(self) -> None:
         accept = self._sock._accept  # type: ignore[attr-defined]  # fd, addr: no socket object yet
         loop = self._loop
+        bucket = self._bucket
+        per_ip = self.max_conns_per_ip
         for _ in range(self.accept_budget):
+            if bucket is not None and not bucket.take():
+                self.accept_pauses_total += 1  # the backlog holds the rest until a token is due
+                self._pause(bucket.wait_s())
+                return
             try:
                 fd, addr = accept()
             except (BlockingIOError, InterruptedError):
+                if bucket is not None:
+                    bucket.give_back()
                 return
             except OSError as exc:
                 if exc.errno in _FD_ERRORS:
@@ -226,13 +314,39 @@ class Listener:
                 self._pause()
                 return
             if self._counted and loop._nconns >= self.max_conns:
-                self._reject(fd, CloseReason.SERVER_FULL)
+                self._reject(fd, CloseReason.SERVER_FULL, self.reject_message)
+                continue
+            if per_ip and not self._take_ip_slot(fd, addr[0]):
                 continue
             self.accepted_total += 1
             loop._admit(self, fd, addr)
+            if per_ip and loop._owner(fd) is None:  # not admitted: a factory failed
+                give_back = loop._on_forget.pop(fd, None)
+                if give_back is not None:
+                    give_back()
             if self._closed:
                 return
         loop._ready.append(self)  # budget spent; the queue may hold more (no new edge)
+
+    def _take_ip_slot(self, fd: int, host: str) -> bool:
+        """Count one more connection from ``host``, to be given back when it closes;
+        if ``host`` already holds ``max_conns_per_ip``, reject ``fd`` and return False."""
+        held = self._per_ip.get(host, 0)
+        if held >= self.max_conns_per_ip:
+            self.per_ip_rejected_total += 1
+            self._reject(fd, CloseReason.PER_IP_LIMIT, self.per_ip_reject_message)
+            return False
+        self._per_ip[host] = held + 1
+        # Registered before the connection exists: on_connect may abort it at once.
+        self._loop._on_forget[fd] = functools.partial(self._give_ip_slot, host)
+        return True
+
+    def _give_ip_slot(self, host: str) -> None:
+        held = self._per_ip[host] - 1
+        if held:
+            self._per_ip[host] = held
+        else:
+            del self._per_ip[host]
 
     def _out_of_fds(self, exc: OSError) -> bool:
         """EMFILE and friends. True if a queued connection was answered and closed."""
@@ -244,13 +358,13 @@ class Listener:
             except OSError:
                 fd = -1
             if fd >= 0:
-                self._reject(fd, CloseReason.SERVER_FULL)
+                self._reject(fd, CloseReason.SERVER_FULL, self.reject_message)
             if self._reserve.reacquire() and fd >= 0:
                 return True
         self._pause()
         return False
 
-    def _reject(self, fd: int, reason: CloseReason) -> None:
+    def _reject(self, fd: int, reason: CloseReason, message: bytes | None) -> None:
         """Tell an excess connection why (if it will take the bytes now), then close it."""
         self.rejected_total += 1
         self._loop._count_close(reason)
@@ -261,8 +375,8 @@ class Listener:
             return
         try:
             s.setblocking(False)
-            if self.reject_message:
-                s.send(self.reject_message)
+            if message:
+                s.send(message)
             s.shutdown(socket.SHUT_WR)
             # Unread bytes at close() turn the FIN into a RST, which may destroy the
             # message above before the peer reads it: read what is queued first.
@@ -275,13 +389,13 @@ class Listener:
         finally:
             s.close()
 
-    def _pause(self) -> None:
+    def _pause(self, delay_s: float = _RETRY_S) -> None:
         if self._paused or self._closed:
             return
         self._paused = True
         if not self._loop._edge:  # a level-triggered listener would report itself ready all along
             self._loop._selector.set_interest(self._fd, False, False)
-        self._retry = self._loop._wheel.call_later(_RETRY_S, self._resume)
+        self._retry = self._loop._wheel.call_later(delay_s, self._resume)
 
     def _resume(self) -> None:
         self._paused = False

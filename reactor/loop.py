@@ -115,6 +115,8 @@ class Loop:
         # Who owns each registered fd, indexed by the fd: a list, not a dict, because fds
         # are small dense ints (no hash entry and no key object per connection).
         self._fdmap: list[Any] = []
+        # fd -> what to run when that connection closes (a listener's per-address count)
+        self._on_forget: dict[int, Callable[[], None]] = {}
         self._ready: list[Any] = []
         self._flushq: list[Connection] = []
         self._starved: list[Connection] = []
@@ -262,6 +264,9 @@ class Loop:
         sock: socket.socket | None = None,
         max_conns: int | None = None,
         reject_message: bytes | None = None,
+        max_conns_per_ip: int = 0,
+        per_ip_reject_message: bytes | None = None,
+        accept_rate: float = 0.0,
         accept_budget: int = 256,
         unix_mode: int | None = None,
         counted: bool = True,
@@ -274,7 +279,12 @@ class Loop:
         SO_REUSEADDR is always set; SO_REUSEPORT when ``reuse_port``. ``sock``: an
         already bound socket to use instead (it is listened on if needed).
         ``max_conns`` (default: the fd limit less a reserve): connections beyond
-        it are sent ``reject_message`` (if any) and closed. ``unix_mode``: file
+        it are sent ``reject_message`` (if any) and closed. ``max_conns_per_ip``
+        (0: off; not for unix sockets): a connection from a host that already
+        holds that many is sent ``per_ip_reject_message`` (if any) and closed;
+        ``max_conns`` is checked first. ``accept_rate`` (0: off): accept at most
+        that many connections per second, in bursts of up to as many; the
+        kernel's backlog holds the rest meanwhile. ``unix_mode``: file
         mode of a unix socket (set race-free through the umask). Connection
         settings come from ``options`` or keyword arguments of
         :class:`ConnectionOptions`. Raises OSError if the address cannot be bound.
@@ -289,7 +299,9 @@ class Loop:
             listener = Listener(
                 self, sock, handler_factory, codec_factory, opts,
                 max_conns=default_max_conns() if max_conns is None else max_conns,
-                reject_message=reject_message, accept_budget=accept_budget, counted=counted,
+                reject_message=reject_message, max_conns_per_ip=max_conns_per_ip,
+                per_ip_reject_message=per_ip_reject_message, accept_rate=accept_rate,
+                accept_budget=accept_budget, counted=counted,
             )
             self._register(sock.fileno(), listener, writing=False)
         except BaseException:
@@ -345,6 +357,11 @@ class Loop:
         """An empty ring for a connection that is about to hold bytes."""
         free = self._ring_free
         return free.pop() if free else RingBuffer(self.pool)
+
+    def _owner(self, fd: int) -> Any:
+        """What the loop holds ``fd`` for, or None."""
+        fdmap = self._fdmap
+        return fdmap[fd] if 0 <= fd < len(fdmap) else None
 
     def _own(self, fd: int, obj: Any) -> None:
         fdmap = self._fdmap
@@ -402,6 +419,10 @@ class Loop:
         if 0 <= fd < len(fdmap) and fdmap[fd] is obj:
             fdmap[fd] = None
             self._selector.unregister(fd)
+            if self._on_forget:
+                hook = self._on_forget.pop(fd, None)
+                if hook is not None:
+                    hook()
         if isinstance(obj, Listener):
             if obj in self._listeners:
                 self._listeners.remove(obj)

@@ -35,13 +35,20 @@ _KILL_GRACE_S = 5.0
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
-    """How to serve. ``address`` is ``(host, port)`` or a unix socket path."""
+    """How to serve. ``address`` is ``(host, port)`` or a unix socket path.
+
+    The connection limits (``max_conns``, ``max_conns_per_ip``, ``accept_rate``)
+    apply in each worker: see ``Loop.listen``.
+    """
 
     address: tuple[str, int] | str
     workers: int = 1
     backlog: int = 1024
     max_conns: int | None = None
     reject_message: bytes | None = None
+    max_conns_per_ip: int = 0
+    per_ip_reject_message: bytes | None = None
+    accept_rate: float = 0.0
     drain_timeout_s: float = 10.0
     stats_socket: str | None = None
     options: ConnectionOptions = dataclasses.field(default_factory=ConnectionOptions)
@@ -117,7 +124,10 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
     try:
         loop.listen(sock.getsockname(), handler_factory, codec_factory, sock=sock,
                     backlog=config.backlog, max_conns=config.max_conns,
-                    reject_message=config.reject_message, options=config.options)
+                    reject_message=config.reject_message,
+                    max_conns_per_ip=config.max_conns_per_ip,
+                    per_ip_reject_message=config.per_ip_reject_message,
+                    accept_rate=config.accept_rate, options=config.options)
         if config.stats_socket:
             serve_stats(loop, config.stats_socket if stats else
                         _worker_stats_path(config.stats_socket, worker or 0))

@@ -60,6 +60,7 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
     top = sorted(conns, key=lambda c: c.recv_buffered + c.send_buffered, reverse=True)[:TOP_N]
     closed = {r.value: n for r, n in loop._closed_by_reason.items()}
     wheel = loop._wheel.stats()
+    listeners = [lst for lst in loop.listeners if lst._counted]
     counters = {
         "iterations": loop._iterations,
         "events": loop._events,
@@ -81,13 +82,15 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         **_rates(loop, now, counters),
         "paused_reading": paused,
         "broadcast_skipped": loop._broadcast_skipped,
+        "per_ip_rejections": sum(lst.per_ip_rejected_total for lst in listeners),
+        "accept_pauses": sum(lst.accept_pauses_total for lst in listeners),
         "rx_bytes": rx,
         "tx_bytes": tx,
         "chunks": asdict(loop.pool.stats()),
         "timers": {"entries": wheel.timers, "expired": wheel.fired_total,
                    "scheduled": wheel.scheduled_total, "cancelled": wheel.cancelled_total},
         "lag": {"p50_s": wheel.lag_p50_s, "p99_s": wheel.lag_p99_s},
-        "listeners": [_listener_doc(lst) for lst in loop.listeners if lst._counted],
+        "listeners": [_listener_doc(lst) for lst in listeners],
         "shutting_down": loop.shutting_down,
         "top": [c._snapshot(now) for c in top if c.recv_buffered + c.send_buffered],
     }
@@ -123,13 +126,18 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
         "rejected": lst.rejected_total,
         "fd_exhausted": lst.fd_exhausted_total,
         "max_conns": lst.max_conns,
+        "max_conns_per_ip": lst.max_conns_per_ip,
+        "per_ip_rejections": lst.per_ip_rejected_total,
+        "accept_rate": lst.accept_rate,
+        "accept_pauses": lst.accept_pauses_total,
     }
 
 
 # --------------------------------------------------------------- aggregation
 
 _SUMMED = ("connections", "iterations", "events", "accepted", "closed_total", "bytes_in",
-           "bytes_out", "paused_reading", "broadcast_skipped", "rx_bytes", "tx_bytes",
+           "bytes_out", "paused_reading", "broadcast_skipped", "per_ip_rejections",
+           "accept_pauses", "rx_bytes", "tx_bytes",
            *(f"{k}_per_s" for k in _RATED))
 
 

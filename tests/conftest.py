@@ -33,6 +33,24 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
             time.sleep(0.005)
 
 
+def run_echo(loop, sock: socket.socket, payload: bytes) -> None:
+    """Send ``payload`` on a client of an in-process loop, run the loop until as many bytes
+    came back (``sock`` is left non-blocking), and check they are the same bytes."""
+    sock.sendall(payload)
+    sock.setblocking(False)
+    got = bytearray()
+
+    def step() -> None:
+        loop.run_once(0.01)
+        try:
+            got.extend(sock.recv(65536))
+        except BlockingIOError:
+            pass
+
+    wait_for(lambda: len(got) >= len(payload), step=step, what="the echo")
+    assert bytes(got) == payload
+
+
 def recv_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
     """Read exactly n bytes (fails on EOF or timeout)."""
     sock.settimeout(timeout)

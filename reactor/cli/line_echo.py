@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Sequence
 
-from handlers.echo import ERR_SERVER_FULL, LineEchoHandler
+from handlers.echo import ERR_SERVER_FULL, ERR_TOO_MANY_FROM_ADDRESS, LineEchoHandler
 from handlers.line import LineCodec
 from reactor.cli._args import OneLineParser, number, parse
 from reactor.connection import ConnectionOptions
@@ -23,6 +23,8 @@ _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 _at_least_one = number(int, 1, what="integer")
+_zero_or_more = number(int, 0, what="integer")
+_per_second = number(float, 0, what="rate")
 _seconds = number(float, 0, what="number of seconds")
 _port = number(int, 0, maximum=65535, what="port")
 
@@ -42,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes sharing the port (SO_REUSEPORT); default 1")
     p.add_argument("--max-conns", type=_at_least_one, metavar="N",
                    help="connection cap per worker (default: RLIMIT_NOFILE less 32)")
+    p.add_argument("--max-conns-per-ip", type=_zero_or_more, default=0, metavar="N",
+                   help="connections one client address may hold, per worker; "
+                        "0 = off (default; never for --unix)")
+    p.add_argument("--accept-rate", type=_per_second, default=0.0, metavar="N",
+                   help="accept at most N connections per second, in bursts of up to N "
+                        "(at least 1), per worker; 0 = off (default)")
     p.add_argument("--max-line", type=_at_least_one, default=65536, metavar="BYTES",
                    help="longest line accepted, newline included (default 65536)")
     p.add_argument("--idle-timeout", type=_seconds, default=300.0, metavar="SEC",
@@ -72,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         backlog=args.backlog,
         max_conns=args.max_conns,
         reject_message=ERR_SERVER_FULL,
+        max_conns_per_ip=args.max_conns_per_ip,
+        per_ip_reject_message=ERR_TOO_MANY_FROM_ADDRESS,
+        accept_rate=args.accept_rate,
         drain_timeout_s=args.drain_timeout,
         stats_socket=args.stats_socket,
         options=ConnectionOptions(idle_timeout_s=args.idle_timeout, heartbeat_s=args.heartbeat),

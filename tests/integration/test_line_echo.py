@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -154,6 +155,90 @@ def test_connection_cap_refuses_with_server_full_and_keeps_serving(daemon):
         s.close()
 
 
+def connect_from(d, host: str) -> socket.socket:
+    """A client from ``host`` (any 127.x.y.z is loopback: another address to the daemon)."""
+    return socket.create_connection(d.address, timeout=10, source_address=(host, 0))
+
+
+def echo_each(socks: list[socket.socket], tag: bytes, lines: int = 1) -> None:
+    """Every connection sends ``lines`` lines and gets every byte back."""
+    for i, s in enumerate(socks):
+        payload = b"".join(b"%s %d line %d\n" % (tag, i, n) for n in range(lines))
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
+def test_max_conns_per_ip_refuses_the_extra_one_from_that_address_only(daemon, tmp_path):
+    from reactor import read_stats
+
+    path = str(tmp_path / "stats.sock")
+    d = daemon("--max-conns-per-ip", "3", "--stats-socket", path)
+    first = [connect_from(d, "127.0.0.1") for _ in range(3)]
+    echo_each(first, b"first")
+    with connect_from(d, "127.0.0.1") as extra:
+        assert recv_until_eof(extra) == b"ERR too many connections from your address\n"
+    others = [connect_from(d, "127.0.0.2") for _ in range(3)] + [connect_from(d, "127.0.0.3")]
+    echo_each(others, b"other")
+    echo_each(first, b"still", lines=500)
+    doc = read_stats(path)
+    assert doc["per_ip_rejections"] == 1 and doc["closed"]["per_ip_limit"] == 1
+    assert doc["listeners"][0]["max_conns_per_ip"] == 3 and doc["connections"] == 7
+    first[0].close()
+    wait_for(lambda: read_stats(path)["connections"] == 6, what="the closed one's slot freed")
+    with connect_from(d, "127.0.0.1") as again:
+        echo_each([again], b"again")
+    echo_each(first[1:] + others, b"after")
+    assert read_stats(path)["per_ip_rejections"] == 1
+    for s in first[1:] + others:
+        s.close()
+
+
+def test_server_full_wins_when_both_caps_are_hit(daemon):
+    d = daemon("--max-conns", "3", "--max-conns-per-ip", "3")
+    held = [connect_from(d, "127.0.0.1") for _ in range(3)]
+    echo_each(held, b"held")
+    for host in ("127.0.0.1", "127.0.0.2"):  # both caps hit, then only --max-conns
+        with connect_from(d, host) as extra:
+            assert recv_until_eof(extra) == b"ERR server full\n"
+    echo_each(held, b"still")
+    for s in held:
+        s.close()
+
+
+def test_accept_rate_paces_a_burst_from_the_backlog_and_refuses_nothing(daemon, tmp_path):
+    from reactor import read_stats
+    from tests.integration.test_fd_stats import fd_stats
+
+    path = str(tmp_path / "stats.sock")
+    d = daemon("--accept-rate", "50", "--stats-socket", path)
+    start = time.monotonic()
+    socks = [d.connect() for _ in range(200)]  # the kernel's backlog completes every handshake
+    lines = [b"burst %d\n" % i for i in range(200)]
+    for s, line in zip(socks, lines):
+        s.sendall(line)
+
+    def all_accepted() -> bool:
+        doc = read_stats(path)  # the bucket starts full (50), then 50 a second
+        assert doc["accepted"] <= 50 + 50 * (time.monotonic() - start) + 1, doc["accepted"]
+        return doc["accepted"] == 200
+
+    wait_for(all_accepted, timeout=20, what="all 200 accepted", step=lambda: time.sleep(0.05))
+    elapsed = time.monotonic() - start
+    assert (200 - 50) / 50 - 0.05 <= elapsed < 3 * (200 - 50) / 50, elapsed
+    for s, line in zip(socks, lines):
+        assert recv_exactly(s, len(line)) == line
+    doc = read_stats(path)
+    assert doc["accept_pauses"] > 0 and doc["listeners"][0]["accept_rate"] == 50
+    assert doc["listeners"][0]["rejected"] == 0 and doc["closed_total"] == 0
+    r = fd_stats(str(d.pid), "--json", "--stats-socket", path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["reactor"]["accept_pauses"] >= doc["accept_pauses"] > 0
+    human = fd_stats(str(d.pid), "--stats-socket", path).stdout
+    assert "accept rate 50/s  accept_pauses" in human and "per ip off" in human
+    for s in socks:
+        s.close()
+
+
 def test_thousand_connections_round_trip(daemon):
     d = daemon()
     socks = [d.connect() for _ in range(1000)]
@@ -287,6 +372,8 @@ def test_stats_socket_answers_json_with_mode_0600(daemon, tmp_path):
         assert doc["bytes_in"] == 6 and doc["bytes_out"] == 6
         assert doc["edge_triggered"] is True
         assert doc["chunks"]["chunks_in_use"] == 0
+        assert doc["per_ip_rejections"] == doc["accept_pauses"] == 0  # both limits default off
+        assert doc["listeners"][0]["max_conns_per_ip"] == doc["listeners"][0]["accept_rate"] == 0
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -296,6 +383,10 @@ def test_stats_socket_answers_json_with_mode_0600(daemon, tmp_path):
     (["--max-line", "-1"], "--max-line"),
     (["--idle-timeout", "soon"], "--idle-timeout"),
     (["--log-level", "loud"], "--log-level"),
+    (["--max-conns-per-ip", "-1"], "--max-conns-per-ip"),
+    (["--max-conns-per-ip", "three"], "--max-conns-per-ip"),
+    (["--accept-rate", "-50"], "--accept-rate"),
+    (["--accept-rate", "fast"], "--accept-rate"),
     (["--bogus"], "--bogus"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, needle):

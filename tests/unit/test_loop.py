@@ -14,7 +14,7 @@ import pytest
 from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import CloseReason, FakeClock, Handler, Loop
-from tests.conftest import wait_for
+from tests.conftest import run_echo, wait_for
 
 
 @pytest.fixture
@@ -227,18 +227,7 @@ def test_unix_listener_replaces_a_stale_socket_file(loop, tmp_path):
         loop.listen(path, LineEchoHandler, LineCodec)  # a live listener is not replaced
     c = socket.socket(socket.AF_UNIX)
     c.connect(path)
-    c.sendall(b"u\n")
-    c.setblocking(False)
-    got = bytearray()
-
-    def step():
-        loop.run_once(0.01)
-        try:
-            got.extend(c.recv(10))
-        except BlockingIOError:
-            pass
-
-    wait_for(lambda: got == b"u\n", step=step)
+    run_echo(loop, c, b"u\n")
     c.close()
     lst.close()
     assert not os.path.exists(path)

@@ -14,7 +14,7 @@ from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import Loop, read_stats, serve_stats
 from reactor.stats import StatsError, advertised_path, aggregate, loop_stats
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, run_echo, wait_for
 
 CONTRACT_KEYS = {"version", "pid", "connections", "accepted", "closed", "chunks", "timers",
                  "iterations", "events", "events_per_s", "lag", "bytes_in", "bytes_out",
@@ -30,18 +30,7 @@ def loop():
 
 def echo_once(loop, addr, payload=b"hello\n"):
     c = socket.create_connection(addr, timeout=5)
-    c.sendall(payload)
-    c.setblocking(False)
-    got = bytearray()
-
-    def step():
-        loop.run_once(0.01)
-        try:
-            got.extend(c.recv(4096))
-        except BlockingIOError:
-            pass
-
-    wait_for(lambda: got == payload, step=step)
+    run_echo(loop, c, payload)
     return c
 
 
@@ -97,6 +86,16 @@ def test_aggregate_sums_workers_and_keeps_the_worst_lag():
     assert t["chunks"] == {"chunks_in_use": 4} and t["timers"] == {"entries": 7}
     assert t["lag"] == {"p50_s": 0.002, "p99_s": 0.01}
     assert [c["peer"] for c in t["top"]] == ["b", "a"] and t["top"][0]["worker"] == 2
+
+
+def test_aggregate_sums_the_accept_limit_counters_and_keeps_each_workers_limits():
+    a = {"pid": 1, "per_ip_rejections": 2, "accept_pauses": 7,
+         "listeners": [{"max_conns_per_ip": 3, "accept_rate": 50.0, "accept_pauses": 7}]}
+    b = {"pid": 2, "per_ip_rejections": 1, "accept_pauses": 0,
+         "listeners": [{"max_conns_per_ip": 3, "accept_rate": 50.0, "accept_pauses": 0}]}
+    t = aggregate([a, b])
+    assert t["per_ip_rejections"] == 3 and t["accept_pauses"] == 7
+    assert [lst["accept_rate"] for lst in t["listeners"]] == [50.0, 50.0]  # per worker
 
 
 def run_loop_in_thread(loop):
