@@ -316,6 +316,7 @@ class Client:
                 return
         if c.fault == "rst" and not c.final and c.lines_begun >= c.rst_line:
             self.faults["rst"] += 1
+            self.n["bytes_discarded_by_rst"] += c.sent
             self.end(c, rst=True)
             return
         if c.sent == len(buf) and not c.lines_left:
@@ -412,6 +413,7 @@ class Client:
     def mismatch(self, c: _Conn, data: bytes, at: int) -> None:
         """Wrong bytes from ``data[at]`` on: count them, keep a sample, abort."""
         self.n["bytes_corrupted"] += len(data) - at
+        self.n["bytes_abandoned"] += c.sent  # sent, not yet checked: neither lost nor verified
         self.n["mismatches"] += 1
         if data[at:].startswith(b"ERR "):
             self.n["err_lines"] += 1
@@ -673,6 +675,7 @@ class Soak:
         self.pids: list[int] = []
         self.completed = False
         self.traffic_s = 0.0
+        self.started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         cpus = sorted(os.sched_getaffinity(0))
         pin = a.port is None and a.workers == 1 and len(cpus) >= 2
         self.daemon_cpus = {cpus[0]} if pin else None
@@ -972,6 +975,12 @@ class Soak:
             failures.append(f"{lost} bytes lost")
         if corrupted:
             failures.append(f"{corrupted} bytes corrupted")
+        discarded, abandoned = n.get("bytes_discarded_by_rst", 0), n.get("bytes_abandoned", 0)
+        accounted = n.get("bytes_sent", 0) == (n.get("bytes_verified", 0) + lost + discarded
+                                              + abandoned)
+        if self.completed and not accounted:
+            failures.append("bytes sent != verified + lost + discarded by RSTs + abandoned "
+                            "(a bookkeeping bug in the soak)")
         if self.completed and fd_back is False:
             failures.append(f"the daemon's fds did not come back to baseline ({end_fd} > {base_fd})")
         first, last = self.docs["start"], self.docs["end_of_traffic"]
@@ -989,7 +998,7 @@ class Soak:
 
         return {
             "tool": "soak", "version": 1, "argv": argv,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "date": self.started,
             "config": {"conns": a.conns, "duration_s": a.duration, "procs": a.procs,
                        "seed": a.seed, "workers": a.workers, "max_line": a.max_line,
                        "heartbeat_s": a.heartbeat if self.daemon is not None else None,
@@ -1011,7 +1020,8 @@ class Soak:
                 "connect_errors": t["connect_errors"],
             },
             "bytes": {"sent": n.get("bytes_sent", 0), "verified": n.get("bytes_verified", 0),
-                      "lost": lost, "corrupted": corrupted,
+                      "lost": lost, "corrupted": corrupted, "discarded_by_rst": discarded,
+                      "abandoned_after_mismatch": abandoned, "accounted": accounted,
                       "trailing_partial": n.get("trailing_partial_bytes", 0)},
             "faults": {k: f.get(k, 0) for k in (*FAULTS, "half_close_partial")},
             "unexpected": {k: n.get(k, 0) for k in (
@@ -1082,7 +1092,9 @@ def report(r: dict[str, Any]) -> str:
         f"({c['samples']} samples, 1/s)",
         f"connections opened  {c['opened_total']} in total  connect failures "
         f"{c['connect_failed']} {c['connect_errors'] or ''}".rstrip(),
-        f"bytes sent          {b['sent']} ({_size(b['sent'])})",
+        f"bytes sent          {b['sent']} ({_size(b['sent'])}): verified + lost + "
+        f"{b['discarded_by_rst']} discarded by RSTs + {b['abandoned_after_mismatch']} abandoned "
+        f"after mismatches {'= sent' if b['accounted'] else '!= sent (a soak bug)'}",
         f"bytes verified      {b['verified']} ({_size(b['verified'])}) echoed and checked, "
         f"{_size(b['verified'] / max(r['traffic_s'], 0.1))}/s",
         f"faults injected     rst {f['rst']}  half_close {f['half_close']} (with a trailing "

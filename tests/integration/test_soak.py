@@ -62,6 +62,7 @@ def test_a_short_soak_passes_with_every_fault_and_nothing_lost(tmp_path):
                                                    "half_close_partial")), r["faults"]
     assert r["bytes"]["verified"] > 0
     assert r["bytes"]["lost"] == 0 and r["bytes"]["corrupted"] == 0
+    assert r["bytes"]["accounted"] and r["bytes"]["discarded_by_rst"] > 0
     assert r["unexpected"]["mismatches"] == 0
     assert r["connections"]["daemon_min"] is not None
     fds = r["daemon"]["fds"]
@@ -85,5 +86,5 @@ def test_the_soak_catches_corrupted_and_lost_bytes(tmp_path):
     assert not r["passed"]
     assert r["bytes"]["corrupted"] > 0 and r["unexpected"]["mismatches"] > 0
     assert r["bytes"]["lost"] > 0 and r["unexpected"]["short_at_eof"] > 0
-    assert r["bytes"]["verified"] > 0
+    assert r["bytes"]["verified"] > 0 and r["bytes"]["accounted"]
     assert "FAIL" in done.stdout
