@@ -1,19 +1,21 @@
 """The line-echo protocol handler: the reference service's whole behaviour.
 
 Every line is echoed byte for byte; a line over the limit is answered with
-``ERR line too long`` and the connection closes; after the peer's FIN the
+``ERR line too long`` and the connection closes, so is a partial line older than the
+line timeout, with ``ERR line timeout``; after the peer's FIN the
 trailing partial line is echoed as is; ``PING`` goes out as a heartbeat.
 """
 
 from __future__ import annotations
 
 from reactor import Connection, Handler
-from reactor.errors import CodecError, LineTooLong
+from reactor.errors import CodecError, LineTimeout, LineTooLong
 
-__all__ = ["LineEchoHandler", "ERR_LINE_TOO_LONG", "ERR_SERVER_FULL", "ERR_TOO_MANY_FROM_ADDRESS",
-           "PING"]
+__all__ = ["LineEchoHandler", "ERR_LINE_TOO_LONG", "ERR_LINE_TIMEOUT", "ERR_SERVER_FULL",
+           "ERR_TOO_MANY_FROM_ADDRESS", "PING"]
 
 ERR_LINE_TOO_LONG = b"ERR line too long\n"
+ERR_LINE_TIMEOUT = b"ERR line timeout\n"
 ERR_SERVER_FULL = b"ERR server full\n"
 ERR_TOO_MANY_FROM_ADDRESS = b"ERR too many connections from your address\n"
 PING = b"PING\n"
@@ -39,6 +41,8 @@ class LineEchoHandler(Handler):
     def on_codec_error(self, conn: Connection, exc: CodecError) -> None:
         if isinstance(exc, LineTooLong):
             conn.write(ERR_LINE_TOO_LONG)
+        elif isinstance(exc, LineTimeout):
+            conn.write(ERR_LINE_TIMEOUT)
         conn.close(exc.reason)
 
     def on_heartbeat(self, conn: Connection) -> None:

@@ -7,7 +7,7 @@ never touches a socket, the loop or a clock, so tests drive it with plain rings.
 
 from __future__ import annotations
 
-from reactor.errors import LineTooLong
+from reactor.errors import LineTimeout, LineTooLong
 from reactor.ring import RingBuffer
 
 __all__ = ["LineCodec"]
@@ -31,6 +31,9 @@ class LineCodec:
     """
 
     __slots__ = ("max_frame_bytes",)
+
+    #: What the connection raises when a partial line outlives ``frame_timeout_s``.
+    frame_timeout_error = LineTimeout
 
     def __init__(self, max_line: int = 65536) -> None:
         """``ValueError`` if ``max_line < 1``. 64 KiB is asyncio's ``StreamReader`` limit."""

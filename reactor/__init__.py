@@ -11,7 +11,8 @@ The public surface is exactly what this module exports.
 from .broadcast import BroadcastResult, broadcast
 from .clock import FakeClock, MonotonicClock
 from .connection import Connection, ConnectionOptions
-from .errors import CloseReason, CodecError, FrameTooLong, LineTooLong, ReactorError
+from .errors import (CloseReason, CodecError, FrameTimeout, FrameTooLong, LineTimeout,
+                     LineTooLong, ReactorError)
 from .listener import Listener
 from .loop import Handle, Loop
 from .pool import BufferPool
@@ -19,7 +20,7 @@ from .protocols import Codec, Handler
 from .ring import RingBuffer
 from .selector import EdgeSelector, LevelSelector
 from .stats import read_stats, serve_stats
-from .wheel import Timer, TimerWheel
+from .wheel import Timer, TimerEntry, TimerWheel
 
 
 __all__ = [
@@ -32,10 +33,12 @@ __all__ = [
     "ConnectionOptions",
     "EdgeSelector",
     "FakeClock",
+    "FrameTimeout",
     "FrameTooLong",
     "Handle",
     "Handler",
     "LevelSelector",
+    "LineTimeout",
     "LineTooLong",
     "Listener",
     "Loop",
@@ -43,6 +46,7 @@ __all__ = [
     "ReactorError",
     "RingBuffer",
     "Timer",
+    "TimerEntry",
     "TimerWheel",
     "broadcast",
     "read_stats",

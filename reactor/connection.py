@@ -40,12 +40,13 @@ import fcntl
 import logging
 import os
 import socket
+import struct
 import sys
 import termios
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import CloseReason, CodecError
+from .errors import CloseReason, CodecError, FrameTimeout
 from .ring import RingBuffer
 from .selector import ERR, HUP, IN, OUT, RDHUP
 from .wheel import TimerEntry
@@ -79,6 +80,7 @@ DRAINED = -2  # the drain read its quota; delivering and closing, pauses still i
 B_NONE, B_RING, B_FLAT = 0, 1, 2
 
 _SHUT_WR = socket.SHUT_WR
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 _FIONREAD = termios.FIONREAD
 _READ_EVENTS = IN | HUP | RDHUP | ERR
 _HANGUP = HUP | RDHUP | ERR
@@ -86,6 +88,7 @@ _WRITE_EVENTS = OUT | HUP | ERR
 _EMPTY: Any = ()  # stands for "no send ring" in _flush: falsy, len() 0
 _SMALL_REST = 1024  # a partial frame up to this size is kept as bytes, not in pool chunks
 _MAX_SEGMENTS = 64  # iovecs per sendmsg; far below IOV_MAX (1024)
+_INF = float("inf")
 _FLUSH_BUDGET = 1 << 20  # bytes one flush may send before others get a turn
 
 
@@ -106,9 +109,16 @@ class ConnectionOptions:
     nodelay: bool = True  #: TCP_NODELAY
     linger_s: float = 2.0  #: how long a graceful close waits for the peer's FIN
     close_timeout_s: float = 30.0  #: a graceful close that has not flushed by then is aborted
+    #: A partial frame whose first byte arrived longer ago than this is an error (slowloris):
+    #: the codec's ``frame_timeout_error`` (LineTimeout for lines) goes to on_codec_error.
+    frame_timeout_s: float = 0.0
+    #: Over the high watermark with no byte taken by the peer for this long: a slow
+    #: consumer, aborted (the write deadline; 0 = only max_send_buffer ends it).
+    write_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout_s", "heartbeat_s", "linger_s", "close_timeout_s"):
+        for name in ("idle_timeout_s", "heartbeat_s", "linger_s", "close_timeout_s",
+                     "frame_timeout_s", "write_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not 0 <= self.low_water <= self.high_water:
@@ -135,7 +145,7 @@ class Connection(TimerEntry):
         "_loop", "_sock", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
         "_hup", "_drain_left", "_batch", "_rest", "_out",
-        "_reason", "_last_rx", "_last_tx", "id", "_peer", "created_at",
+        "_reason", "_last_rx", "_last_tx", "_partial_since", "id", "_peer", "created_at",
         "bytes_in", "bytes_out", "error", "user_data",
     )
 
@@ -185,6 +195,7 @@ class Connection(TimerEntry):
         self.id = conn_id
         self._peer = peer  # None for accepted connections: asked of the kernel when needed
         self.created_at = self._last_rx = self._last_tx = loop._now
+        self._partial_since = 0.0  # when the partial frame held now began arriving
         self.bytes_in = 0
         self.bytes_out = 0
         self.error: OSError | None = None
@@ -312,6 +323,8 @@ class Connection(TimerEntry):
             if not self._over_high and n > opts.high_water:
                 self._over_high = True
                 self._set_pause(P_BACKPRESSURE)
+                if opts.write_timeout_s > 0.0:  # the peer must now take bytes by then
+                    self._loop._wheel.rearm_sooner(self, opts.write_timeout_s)
                 self._call("on_paused")
         return True
 
@@ -560,6 +573,10 @@ class Connection(TimerEntry):
                 self._rest = mv[cut:end].tobytes()
             else:
                 self._keep_in_ring(mv[cut:end])
+            if not off:  # a partial frame where there was none: its deadline starts
+                self._partial_began()
+            elif cut:  # the old one completed and a new one began
+                self._partial_since = loop._now
         if cut:
             try:
                 self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]
@@ -596,6 +613,7 @@ class Connection(TimerEntry):
         """One recv into ``rx`` and the delivery of what it completed.
 
         Returns the bytes read, or -1 when reading must stop for now."""
+        before = len(rx)
         view = rx.writable(keep)
         if view is None:
             self._starve()
@@ -625,6 +643,8 @@ class Connection(TimerEntry):
         # (Netty's IdleStateHandler), so a busy connection pays one store per read.
         self._last_rx = loop._now
         self._deliver()
+        if not before and len(rx):  # a partial frame (or frames held by a pause) began
+            self._partial_began()
         if self._drain_left >= 0:
             self._drain_left -= n
             if self._drain_left == 0:
@@ -666,6 +686,7 @@ class Connection(TimerEntry):
                 return
             if msg is None:
                 return
+            self._partial_since = self._loop._now  # whatever is left began no earlier
             try:
                 on_message(self, msg)
             except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
@@ -717,15 +738,56 @@ class Connection(TimerEntry):
             now = self._loop._now
             self._loop._wheel.rearm(self, self._next_check(now) - now)
 
+    def _partial_began(self) -> None:
+        """A partial frame began arriving now: with a frame timeout, check by its deadline."""
+        self._partial_since = self._loop._now
+        timeout = self._opts.frame_timeout_s
+        if timeout > 0.0:
+            self._loop._wheel.rearm_sooner(self, timeout)
+
+    def _holds_partial(self) -> bool:
+        return self._rest is not None or bool(self._rx)
+
     def _next_check(self, now: float) -> float:
-        """When the idle or the heartbeat period, whichever ends first, ends."""
+        """When the idle period, the heartbeat period or the partial frame's time, whichever
+        first, ends (infinity if none applies)."""
         opts = self._opts
         due = float("inf")
         if opts.idle_timeout_s > 0:
             due = self._last_rx + opts.idle_timeout_s
-        if opts.heartbeat_s > 0:
+        if self._over_high:  # no heartbeat to a peer that is not reading; a write deadline
+            if opts.write_timeout_s > 0:
+                due = min(due, self._last_tx + opts.write_timeout_s)
+        elif opts.heartbeat_s > 0:
             due = min(due, self._last_tx + opts.heartbeat_s)
+        timeout = opts.frame_timeout_s
+        if timeout > 0 and self._holds_partial():
+            # While reading is paused the frame cannot complete through no fault of the
+            # peer's: look again a period later rather than at a deadline already passed.
+            due = min(due, now + timeout if self._pause else self._partial_since + timeout)
         return max(due, now)
+
+    def _write_stalled(self, now: float) -> bool:
+        """Over the high watermark and no byte taken by the kernel for write_timeout_s:
+        a slow consumer (nginx's send_timeout; Redis's soft output limit)."""
+        timeout = self._opts.write_timeout_s
+        if timeout <= 0 or not self._over_high or now - self._last_tx < timeout - 1e-9:
+            return False
+        log.debug("connection %s: %d bytes queued and none sent for %g s", self.id,
+                  self.send_buffered, now - self._last_tx)
+        self.abort(CloseReason.SLOW_CONSUMER)
+        return True
+
+    def _frame_timed_out(self, now: float) -> bool:
+        timeout = self._opts.frame_timeout_s
+        if timeout <= 0 or self._pause or not self._holds_partial():
+            return False
+        age = now - self._partial_since
+        if age < timeout - 1e-9:
+            return False
+        error = getattr(self._codec, "frame_timeout_error", FrameTimeout)
+        self._codec_error(error(age, timeout))
+        return True
 
     def _fire(self) -> None:
         """The connection's one wheel entry fired; what it was armed for follows the state:
@@ -740,18 +802,23 @@ class Connection(TimerEntry):
                 self._linger_over()
             return
         now = self._loop.time()
+        if self._frame_timed_out(now) or self._write_stalled(now):
+            return
         opts = self._opts
         if opts.idle_timeout_s > 0 and now - self._last_rx >= opts.idle_timeout_s - 1e-9:
             self._last_rx = now  # once per idle period, if the handler keeps the connection
             self._call("on_idle")
             if self._state != OPEN:
                 return
-        if opts.heartbeat_s > 0 and now - self._last_tx >= opts.heartbeat_s - 1e-9:
+        if (opts.heartbeat_s > 0 and not self._over_high
+                and now - self._last_tx >= opts.heartbeat_s - 1e-9):
             self._last_tx = now  # the next heartbeat is a period later even if nothing is sent
             self._call("on_heartbeat")
             if self._state != OPEN:
                 return
-        self._loop._wheel.rearm(self, self._next_check(now) - now)
+        due = self._next_check(now)
+        if due != _INF:
+            self._loop._wheel.rearm(self, due - now)
 
     # ---------------------------------------------------------------- closing
 
@@ -787,8 +854,14 @@ class Connection(TimerEntry):
             self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
 
     def abort(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
-        """Close at once, dropping whatever is still queued for the peer."""
+        """Close at once, dropping whatever is still queued for the peer, the kernel's send
+        queue included: the peer gets a reset (SO_LINGER 0). Otherwise a slow consumer's
+        unsent megabytes would stay in kernel memory, trickling out, long after the close."""
         if self._state != CLOSED:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            except OSError:
+                pass
             self._teardown(reason)
 
     def _finish_close(self) -> None:

@@ -16,6 +16,8 @@ __all__ = [
     "CodecError",
     "FrameTooLong",
     "LineTooLong",
+    "FrameTimeout",
+    "LineTimeout",
 ]
 
 
@@ -30,6 +32,8 @@ class CloseReason(enum.Enum):
     IDLE_TIMEOUT = "idle_timeout"      #: no byte received for idle_timeout_s
     LINE_TOO_LONG = "line_too_long"    #: a line exceeded the line codec's limit
     FRAME_TOO_LONG = "frame_too_long"  #: a frame exceeded the codec's max_frame_bytes
+    LINE_TIMEOUT = "line_timeout"      #: a partial line was older than the frame timeout
+    FRAME_TIMEOUT = "frame_timeout"    #: a partial frame was older than frame_timeout_s
     PROTOCOL_ERROR = "protocol_error"  #: any other CodecError
     SLOW_CONSUMER = "slow_consumer"    #: send buffer passed its hard limit
     SERVER_FULL = "server_full"        #: refused at accept: connection cap or no fds
@@ -86,3 +90,25 @@ class LineTooLong(FrameTooLong):
     def __init__(self, size: int, limit: int, complete: bool = True) -> None:
         what = "line of" if complete else "line of at least"
         super().__init__(size, limit, f"{what} {size} bytes exceeds max_line {limit}")
+
+
+class FrameTimeout(CodecError):
+    """A frame began arriving longer ago than ``frame_timeout_s`` and is still incomplete
+    (a slowloris peer). Raised by the connection, not by a codec: a codec names its own
+    subclass in a ``frame_timeout_error`` class attribute (``LineCodec``: LineTimeout).
+    ``age`` is how long the partial frame has been waiting, ``limit`` the timeout."""
+
+    reason = CloseReason.FRAME_TIMEOUT
+    what = "frame"
+
+    def __init__(self, age: float, limit: float) -> None:
+        self.age = age
+        self.limit = limit
+        super().__init__(f"a partial {self.what} waited {age:.3f} s, over the {limit:g} s limit")
+
+
+class LineTimeout(FrameTimeout):
+    """A partial line waited longer than the line timeout."""
+
+    reason = CloseReason.LINE_TIMEOUT
+    what = "line"

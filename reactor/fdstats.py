@@ -156,7 +156,8 @@ def render(sample: dict[str, Any]) -> str:
 def _limit(r: dict[str, Any], key: str, unit: str = "") -> str:
     """A listener limit as set on every listener ("off" for 0), several values joined by /."""
     values = sorted({lst.get(key, 0) for lst in r.get("listeners", [])})
-    return "/".join(f"{v:g}{unit}" if v else "off" for v in values) or "off"
+    return "/".join((f"{v}" if isinstance(v, int) else f"{v:g}") + unit if v else "off"
+                    for v in values) or "off"
 
 
 def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str, str]]:
@@ -180,6 +181,11 @@ def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str,
                      f"per_ip_rejections {r.get('per_ip_rejections', 0)}  "
                      f"accept rate {_limit(r, 'accept_rate', '/s')}  "
                      f"accept_pauses {r.get('accept_pauses', 0)}"),
+        ("  peers", f"line timeout {_limit(r, 'line_timeout_s', ' s')}  "
+                     f"line_timeouts {r.get('line_timeouts', 0)}  "
+                     f"max send buffer {_limit(r, 'max_send_buffer', ' B')}  "
+                     f"write timeout {_limit(r, 'write_timeout_s', ' s')}  "
+                     f"slow_consumer_closes {r.get('slow_consumer_closes', 0)}"),
         ("  buffers", f"rx {_size(r.get('rx_bytes', 0))}  tx {_size(r.get('tx_bytes', 0))}  "
                       f"paused {r.get('paused_reading', 0)}  "
                       f"broadcast skipped {r.get('broadcast_skipped', 0)}"),

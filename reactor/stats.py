@@ -84,6 +84,9 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "broadcast_skipped": loop._broadcast_skipped,
         "per_ip_rejections": sum(lst.per_ip_rejected_total for lst in listeners),
         "accept_pauses": sum(lst.accept_pauses_total for lst in listeners),
+        # Named for what the daemon's limits do; the same counts are under "closed" too.
+        "line_timeouts": closed["line_timeout"] + closed["frame_timeout"],
+        "slow_consumer_closes": closed["slow_consumer"],
         "rx_bytes": rx,
         "tx_bytes": tx,
         "chunks": asdict(loop.pool.stats()),
@@ -130,6 +133,9 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
         "per_ip_rejections": lst.per_ip_rejected_total,
         "accept_rate": lst.accept_rate,
         "accept_pauses": lst.accept_pauses_total,
+        "line_timeout_s": lst._opts.frame_timeout_s,
+        "max_send_buffer": lst._opts.max_send_buffer,
+        "write_timeout_s": lst._opts.write_timeout_s,
     }
 
 
@@ -137,7 +143,7 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
 
 _SUMMED = ("connections", "iterations", "events", "accepted", "closed_total", "bytes_in",
            "bytes_out", "paused_reading", "broadcast_skipped", "per_ip_rejections",
-           "accept_pauses", "rx_bytes", "tx_bytes",
+           "accept_pauses", "line_timeouts", "slow_consumer_closes", "rx_bytes", "tx_bytes",
            *(f"{k}_per_s" for k in _RATED))
 
 

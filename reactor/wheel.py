@@ -302,6 +302,27 @@ class TimerWheel:
         if d >= timer._deadline and timer._bucket._lazy:
             timer._deadline = d
             return
+        self._move(timer, d)
+
+    def rearm_sooner(self, timer: TimerEntry, delay: float) -> None:
+        """Make ``timer`` fire within ``delay`` seconds: as :meth:`rearm`, except that a
+        timer already scheduled at or before that deadline is left alone (one compare).
+
+        For a check that must run by some time but may run earlier, such as a
+        connection's one timer when a partial frame starts its deadline.
+        """
+        if delay < 0.0:
+            delay = 0.0
+        try:
+            d = _ceil((self._now() + delay) / self._tick_s)
+        except (OverflowError, ValueError):
+            raise ValueError(f"timer delay {delay} is not a finite number") from None
+        if timer._bucket is not _INACTIVE and timer._deadline <= d:
+            return
+        self._move(timer, d)
+
+    def _move(self, timer: TimerEntry, d: int) -> None:
+        """Unlink ``timer`` if it is scheduled, then schedule it for tick ``d``."""
         b = timer._bucket
         if b is _INACTIVE:
             self._count += 1

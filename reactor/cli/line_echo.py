@@ -27,12 +27,24 @@ _zero_or_more = number(int, 0, what="integer")
 _per_second = number(float, 0, what="rate")
 _seconds = number(float, 0, what="number of seconds")
 _port = number(int, 0, maximum=65535, what="port")
+_DEFAULTS = ConnectionOptions()
+_MAX_SEND = _DEFAULTS.max_send_buffer  # 4 MiB
 
 
 def _level(text: str) -> str:
     if text.lower() not in _LEVELS:
         raise argparse.ArgumentTypeError(f"must be one of {', '.join(_LEVELS)}, not {text!r}")
     return text.lower()
+
+
+def _options(args: argparse.Namespace) -> ConnectionOptions:
+    # Reading pauses at the high watermark (64 KiB by default), which must not exceed the
+    # hard limit: a smaller --max-send-buffer brings the watermarks down with it.
+    high = min(_DEFAULTS.high_water, args.max_send_buffer)
+    return ConnectionOptions(idle_timeout_s=args.idle_timeout, heartbeat_s=args.heartbeat,
+                             frame_timeout_s=args.line_timeout,
+                             write_timeout_s=args.write_timeout, high_water=high,
+                             low_water=high // 4, max_send_buffer=args.max_send_buffer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(at least 1), per worker; 0 = off (default)")
     p.add_argument("--max-line", type=_at_least_one, default=65536, metavar="BYTES",
                    help="longest line accepted, newline included (default 65536)")
+    p.add_argument("--line-timeout", type=_seconds, default=0.0, metavar="SEC",
+                   help="a partial line whose first byte came SEC seconds ago gets "
+                        "'ERR line timeout' and a close; 0 = off (default)")
+    p.add_argument("--max-send-buffer", type=_at_least_one, default=_MAX_SEND, metavar="BYTES",
+                   help="bytes queued for one peer above which it is closed as a slow "
+                        f"consumer (default {_MAX_SEND}, 4 MiB)")
+    p.add_argument("--write-timeout", type=_seconds, default=10.0, metavar="SEC",
+                   help="a peer that is sent more than it reads and takes no byte for SEC "
+                        "seconds is closed as a slow consumer; 0 = off (default 10)")
     p.add_argument("--idle-timeout", type=_seconds, default=300.0, metavar="SEC",
                    help="close a connection silent for SEC seconds; 0 = off (default 300)")
     p.add_argument("--heartbeat", type=_seconds, default=0.0, metavar="SEC",
@@ -85,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accept_rate=args.accept_rate,
         drain_timeout_s=args.drain_timeout,
         stats_socket=args.stats_socket,
-        options=ConnectionOptions(idle_timeout_s=args.idle_timeout, heartbeat_s=args.heartbeat),
+        options=_options(args),
     )
     try:
         sockets = bind_sockets(address, args.workers, args.backlog)

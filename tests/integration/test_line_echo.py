@@ -467,3 +467,106 @@ def test_emfile_is_refused_without_spinning_and_serving_goes_on(tmp_path):
         assert err.count("out of file descriptors") <= 3  # rate-limited
     finally:
         d.stop()
+
+
+def test_line_timeout_answers_a_slowloris_and_spares_steady_lines(daemon, tmp_path):
+    from reactor import read_stats
+
+    path = str(tmp_path / "stats.sock")
+    d = daemon("--line-timeout", "1", "--stats-socket", path)
+    slow = d.connect()
+    steady = d.connect()
+    start = time.monotonic()
+    slow.sendall(b"one\ntwo\nth")
+    sent = b""
+    while time.monotonic() - start < 2.5:  # one byte every 0.25 s for the slow one...
+        time.sleep(0.25)
+        try:
+            slow.sendall(b"r")
+        except OSError:  # closed by the timeout meanwhile
+            pass
+        # ...and for the steady one, a line split in halves 0.25 s apart, each completed.
+        half = b"steady x" if not sent or sent.endswith(b"\n") else b" done\n"
+        steady.sendall(half)
+        sent += half
+    got = recv_until_eof(slow)
+    elapsed = time.monotonic() - start
+    assert got == b"one\ntwo\nERR line timeout\n"
+    assert 1.0 <= elapsed < 5.0
+    steady.sendall(b"last\n")
+    sent += b"last\n"
+    want = sent[:sent.rindex(b"\n") + 1]
+    assert recv_exactly(steady, len(want)) == want
+    slow.close()  # the server lingers for our FIN before it counts the close
+    doc = wait_stats(path, "line_timeouts", 1)
+    assert doc["closed"]["line_timeout"] == 1
+    from tests.integration.test_fd_stats import fd_stats
+    r = json.loads(fd_stats(str(d.pid), "--json", "--stats-socket", path).stdout)["reactor"]
+    assert r["line_timeouts"] == 1 and r["listeners"][0]["line_timeout_s"] == 1.0
+    assert doc["listeners"][0]["line_timeout_s"] == 1.0 and doc["connections"] == 1
+    steady.close()
+
+
+def wait_stats(path: str, key: str, value: int, timeout: float = 15.0) -> dict:
+    from reactor import read_stats
+
+    wait_for(lambda: read_stats(path)[key] == value, timeout, f"stats {key} == {value}")
+    return read_stats(path)
+
+
+def test_max_send_buffer_closes_a_peer_sent_more_than_it_at_once(daemon, tmp_path):
+    path = str(tmp_path / "stats.sock")
+    d = daemon("--max-line", "33554432", "--max-send-buffer", "1000000", "--write-timeout", "0",
+               "--stats-socket", path)
+    hog = d.connect()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    other = d.connect()
+    # One 20 MB line: its echo is one 20 MB reply, far more than the kernel's buffers take
+    # (tcp_wmem allows a 4 MiB send buffer), so over 1 MB of it stays queued: the limit.
+    line = bytes(b for b in range(256) if b != 10) * 80000 + b"\n"
+    hog.sendall(line)
+    doc = wait_stats(path, "slow_consumer_closes", 1)
+    assert doc["closed"]["slow_consumer"] == 1 and doc["connections"] == 1
+    assert doc["listeners"][0]["max_send_buffer"] == 1000000
+    got = recv_until_eof(hog)
+    assert line.startswith(got) and len(got) < len(line)  # a prefix, then the abort
+    payload = b"".join(b"other %d\n" % i for i in range(1000))
+    other.sendall(payload)
+    assert recv_exactly(other, len(payload)) == payload
+    other.close()
+    hog.close()
+
+
+def test_write_timeout_closes_a_peer_that_stops_reading(daemon, tmp_path):
+    path = str(tmp_path / "stats.sock")
+    d = daemon("--write-timeout", "1", "--stats-socket", path)
+    hog = d.connect()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.setblocking(False)
+    other = d.connect()
+    line = b"h" * 999 + b"\n"
+    start = time.monotonic()
+    closed = False
+    while not closed:  # send until the server stops taking bytes, then until it closes
+        assert time.monotonic() - start < 20, "the peer that never reads was never closed"
+        try:
+            hog.send(line * 64)
+        except BlockingIOError:
+            time.sleep(0.02)
+        except OSError:  # reset: the server aborted it
+            closed = True
+        else:
+            continue
+        from reactor import read_stats
+        closed = closed or read_stats(path)["slow_consumer_closes"] == 1
+        payload = b"other %f\n" % time.monotonic()  # meanwhile the others are served
+        other.sendall(payload)
+        assert recv_exactly(other, len(payload)) == payload
+    doc = wait_stats(path, "slow_consumer_closes", 1)
+    assert doc["connections"] == 1 and doc["listeners"][0]["write_timeout_s"] == 1.0
+    from tests.integration.test_fd_stats import fd_stats
+    view = fd_stats(str(d.pid), "--stats-socket", path).stdout
+    assert "write timeout 1 s" in view and "slow_consumer_closes 1" in view
+    assert "line timeout off  line_timeouts 0  max send buffer 4194304 B" in view
+    other.close()
+    hog.close()

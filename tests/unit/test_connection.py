@@ -555,3 +555,110 @@ def test_mixed_line_lengths_switching_between_flat_buffer_and_ring(mode):
         assert conn.recv_buffered == 0 and loop.pool.chunks_in_use == 0
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("handler", ["batch", "per_frame"])
+def test_frame_timeout_closes_a_slow_partial_line_after_echoing_the_complete_ones(mode, handler):
+    """Slowloris: a partial line older than frame_timeout_s is an error; the lines before
+    it are echoed first, and bytes trickling into the partial line do not reset its age."""
+    clock = FakeClock(1000.0)
+    loop = Loop(selector=mode, clock=clock)
+    try:
+        closed = []
+
+        class Echo(LineEchoHandler):
+            def on_close(self, conn, reason):
+                closed.append(reason)
+
+        class PerFrame(Recorder):
+            def on_close(self, conn, reason):
+                closed.append(reason)
+
+        h = Echo() if handler == "batch" else PerFrame(echo=True)
+        addr = serve(loop, h, frame_timeout_s=5.0)
+        c = client(addr)
+        col = Collect(loop, c)
+        c.sendall(b"one\ntwo\nthr")
+        wait_for(lambda: len(col.got) >= 8, step=col, what="the complete lines")
+        for _ in range(4):  # a byte every 1.2 s: the line is still the one that began at 0
+            clock.advance(1.2)
+            c.sendall(b"e")
+            run_until(loop, lambda: loop.connections()[0].recv_buffered >= 4)
+        conn = loop.connections()[0]
+        assert conn.close_reason is None
+        clock.advance(0.3)  # 5.1 s since "thr" arrived
+        run_until(loop, lambda: conn.close_reason, what="the timeout")
+        expected = b"one\ntwo\n" + (b"ERR line timeout\n" if handler == "batch" else b"")
+        assert col.until_eof() == expected  # then the server shuts its side down and lingers
+        c.close()
+        run_until(loop, lambda: closed, what="on_close")
+        assert closed == [CloseReason.LINE_TIMEOUT]
+    finally:
+        loop.close()
+
+
+def test_frame_timeout_never_fires_on_lines_that_complete(mode):
+    clock = FakeClock(1000.0)
+    loop = Loop(selector=mode, clock=clock)
+    try:
+        addr = serve(loop, LineEchoHandler(), frame_timeout_s=1.0)
+        c = client(addr)
+        col = Collect(loop, c)
+        run_until(loop, loop.connections, what="accept")
+        sent = b""
+        for i in range(12):  # each line arrives in two halves 0.6 s apart: 7.2 s in all
+            for half in (b"line %d" % i, b" done\n"):
+                c.sendall(half)
+                sent += half
+                wait_for(lambda: loop.connections()[0].bytes_in == len(sent), step=col)
+                clock.advance(0.6)
+                loop.run_once(0)
+        wait_for(lambda: len(col.got) >= len(sent), step=col, what="every line")
+        assert bytes(col.got) == sent and loop.connection_count == 1
+        clock.advance(10.0)  # no partial line held: nothing to time out
+        for _ in range(5):
+            loop.run_once(0)
+        assert loop.connection_count == 1
+    finally:
+        loop.close()
+
+
+def test_write_timeout_aborts_a_stalled_peer_but_not_a_slow_reader(mode):
+    clock = FakeClock(1000.0)
+    loop = Loop(selector=mode, clock=clock)
+    try:
+        h = Recorder()
+        addr = serve(loop, h, write_timeout_s=2.0, heartbeat_s=0.5, max_send_buffer=16 << 20)
+        stalled, slow = client(addr), client(addr)
+        run_until(loop, lambda: len(h.conns) == 2)
+        by_port = {conn.peer[1]: conn for conn in h.conns}
+        stalled_conn, slow_conn = (by_port[c.getsockname()[1]] for c in (stalled, slow))
+        blob = bytes(range(256)) * 32768  # 8 MiB each: far more than the kernel buffers hold
+        for conn in h.conns:
+            conn.write(blob)
+        run_until(loop, lambda: h.events.count("paused") == 2, what="both over high water")
+        got = bytearray()
+        slow.setblocking(False)
+
+        def step():  # the loop runs while the slow one reads what has arrived
+            loop.run_once(0)
+            try:
+                got.extend(slow.recv(1 << 16))
+            except BlockingIOError:
+                pass
+
+        sent = bytearray(blob)
+        for _ in range(6):  # 3 s: every 0.5 s the slow one reads until the server can send
+            clock.advance(0.5)  # more (it took some bytes); the other one reads nothing
+            before = slow_conn.send_buffered
+            wait_for(lambda: slow_conn.send_buffered < before, step=step, what="progress")
+            slow_conn.write(blob[:1 << 20])  # and the server keeps it over the watermark
+            sent += blob[:1 << 20]
+        assert stalled_conn.close_reason is CloseReason.SLOW_CONSUMER
+        assert slow_conn.close_reason is None and got == sent[:len(got)]
+        assert "heartbeat" not in h.events  # no PING to a peer that is not reading
+        with pytest.raises(ConnectionResetError):  # an abort is a reset
+            while stalled.recv(1 << 16):
+                pass
+    finally:
+        loop.close()

@@ -69,6 +69,22 @@ def test_an_object_can_be_its_own_timer():
     assert a.fired == 2
 
 
+def test_rearm_sooner_only_ever_moves_a_deadline_earlier():
+    clock, fired = FakeClock(), []
+    wheel = TimerWheel(clock, tick_s=0.01)
+    t = wheel.call_later(10.0, fired.append, "t")
+    wheel.rearm_sooner(t, 20.0)  # later: left alone
+    assert t.when == pytest.approx(10.0)
+    wheel.rearm_sooner(t, 3.0)  # earlier: moved
+    assert t.when == pytest.approx(3.0) and len(wheel) == 1
+    clock.advance(3.01); wheel.expire()
+    assert fired == ["t"] and len(wheel) == 0
+    wheel.rearm_sooner(t, 1.0)  # not scheduled: scheduled
+    assert t.active and t.when == pytest.approx(4.01)
+    with pytest.raises(ValueError):
+        wheel.rearm_sooner(t, float("nan"))
+
+
 @pytest.mark.parametrize("tick_s", [0.0, -0.001, float("nan")])
 def test_rejects_bad_tick(tick_s):
     with pytest.raises(ValueError, match="tick_s"):
