@@ -506,95 +506,98 @@ class Connection(TimerEntry):
                 return
 
     def _pump_flat(self, budget: int) -> None:
-        """_pump_reads for the flat fast path: no ring unless a large partial frame waits."""
+        """_pump_reads for the batch fast path, one recv per round (invariant 1 as there).
+
+        Each recv lands in the loop's flat buffer, behind the partial frame kept as
+        bytes; the codec's ``frames_end`` says where the complete frames end, they go to
+        ``on_batch`` as one copy, and only the partial frame after them is kept. No ring
+        unless a partial frame over ``_SMALL_REST`` is still arriving (``_read_once``).
+        One function on purpose: this is the per-event path, and calls are its cost.
+        """
         loop = self._loop
         if len(loop._pool_free) <= loop._read_keep and loop.pool.acquire(loop._read_keep) is None:
             # Reads here take no chunk, but what they cause (replies) does: when the sends
             # have drained the pool to its reserve, reading waits (counted as exhaustion).
             self._starve()
             return
+        mv = loop._flat_mv
         while not self._pause and self._state == OPEN:
             rx = self._rx
-            if rx is None:
-                n = self._read_flat()
-            elif len(rx) <= _SMALL_REST:  # what is left of a large frame: back to bytes
-                self._rest = self._codec.take_remainder(rx)  # (and the codec forgets its scan)
+            if rx is not None:
+                if len(rx) > _SMALL_REST:  # a large frame still arriving: its own ring
+                    n = self._read_once(rx, self._sock.recv_into, loop._read_keep)
+                    if n < 0:
+                        return
+                    budget -= n
+                    if budget <= 0:
+                        loop._ready.append(self)  # invariant 1: no edge for the rest
+                        return
+                    continue
+                # What is left of a large frame: back to bytes (the codec forgets its scan).
+                self._rest = self._codec.take_remainder(rx)
                 self._rx = None
                 loop._ring_free.append(rx)
-                n = self._read_flat()
+            rest = self._rest
+            if rest is None:
+                off = 0
+                view = mv
             else:
-                n = self._read_once(rx, self._sock.recv_into, loop._read_keep)
-            if n < 0:
+                off = len(rest)
+                mv[:off] = rest
+                view = mv[off:]
+            want = len(view)
+            if self._drain_left >= 0 and want > self._drain_left:
+                want = self._drain_left
+            try:
+                n = self._sock.recv_into(view, want)
+            except (BlockingIOError, InterruptedError):
                 return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if not n:
+                self._peer_eof()  # the partial frame is still in self._rest for on_eof
+                return
+            self._rest = None
+            self.bytes_in += n
+            loop._bytes_in += n
+            self._last_rx = loop._now  # see _read_once
+            end = off + n
+            error = None
+            try:
+                cut = self._codec.frames_end(loop._flat, off, end)  # type: ignore[attr-defined]
+            except CodecError as exc:
+                error, cut = exc, exc.valid_prefix
+            if cut < end and error is None:  # keep the partial frame before the handler runs
+                if end - cut <= _SMALL_REST:
+                    self._rest = mv[cut:end].tobytes()
+                else:
+                    self._keep_in_ring(mv[cut:end])
+                if not off:  # a partial frame where there was none: its deadline starts
+                    self._partial_began()
+                elif cut:  # the old one completed and a new one began
+                    self._partial_since = loop._now
+            if cut:
+                try:
+                    self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]
+                except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
+                    self._handler_failed(exc, "on_batch")
+                    return
+            if error is not None:
+                if self._state == OPEN:
+                    self._codec_error(error)
+                return
+            if self._drain_left >= 0:
+                self._drain_left -= n
+                if self._drain_left == 0:
+                    self._drain_done()
+                    return
+            if n < want and not self._hup:
+                return  # short read: drained (invariant 1)
             budget -= n
             if budget <= 0:
                 loop._ready.append(self)  # invariant 1: no edge will come for the rest
                 return
-
-    def _read_flat(self) -> int:
-        """One recv into the loop's flat buffer, behind the partial frame kept as bytes;
-        the codec finds where the complete frames end, they go to on_batch as one copy,
-        and only the partial frame after them is kept. Returns the bytes read, or -1."""
-        loop = self._loop
-        mv = loop._flat_mv
-        rest = self._rest
-        if rest is None:
-            off = 0
-            view = mv
-        else:
-            off = len(rest)
-            mv[:off] = rest
-            view = mv[off:]
-        want = len(view)
-        if self._drain_left >= 0 and want > self._drain_left:
-            want = self._drain_left
-        try:
-            n = self._sock.recv_into(view, want)
-        except (BlockingIOError, InterruptedError):
-            return -1
-        except OSError as exc:
-            self._fail(exc)
-            return -1
-        if not n:
-            self._peer_eof()  # the partial frame is still in self._rest for on_eof
-            return -1
-        self._rest = None
-        self.bytes_in += n
-        loop._bytes_in += n
-        self._last_rx = loop._now  # see _read_once
-        end = off + n
-        error = None
-        try:
-            cut = self._codec.frames_end(loop._flat, off, end)  # type: ignore[attr-defined]
-        except CodecError as exc:
-            error, cut = exc, exc.valid_prefix
-        if cut < end and error is None:  # keep the partial frame before the handler runs
-            if end - cut <= _SMALL_REST:
-                self._rest = mv[cut:end].tobytes()
-            else:
-                self._keep_in_ring(mv[cut:end])
-            if not off:  # a partial frame where there was none: its deadline starts
-                self._partial_began()
-            elif cut:  # the old one completed and a new one began
-                self._partial_since = loop._now
-        if cut:
-            try:
-                self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]
-            except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
-                self._handler_failed(exc, "on_batch")
-                return -1
-        if error is not None:
-            if self._state == OPEN:
-                self._codec_error(error)
-            return -1
-        if self._drain_left >= 0:
-            self._drain_left -= n
-            if self._drain_left == 0:
-                self._drain_done()
-                return -1
-        if n < want and not self._hup:
-            return -1  # short read: drained (invariant 1)
-        return n
 
     def _keep_in_ring(self, data: Any) -> None:
         """Keep received bytes in a pooled receive ring (a large partial frame, or frames

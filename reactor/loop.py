@@ -126,7 +126,7 @@ class Loop:
         # One big buffer every connection reads into (see Connection._pump_reads); its
         # own one-chunk pool, so it never competes with the connections' chunks.
         self._scratch_ring = RingBuffer(BufferPool(read_budget, 1))
-        # The flat buffer of the batch fast path (Connection._read_flat): one recv_into,
+        # The flat buffer of the batch fast path (Connection._pump_flat): one recv_into,
         # one rfind by the codec, one copy of the complete frames out; allocated once.
         self._flat = bytearray(read_budget)
         self._flat_mv = memoryview(self._flat)
