@@ -13,6 +13,7 @@ import time
 import psutil
 
 from reactor import read_stats
+from reactor.stats import advertised_path
 from tests.conftest import EchoProber, recv_until_eof, wait_for
 from tests.integration.test_fd_stats import hold_echoed
 
@@ -48,6 +49,7 @@ def test_sigkilled_worker_is_restarted_while_the_other_serves_on(daemon, tmp_pat
     doomed_pid, survivor_pid = pids
     doomed, survivors = held[doomed_pid], held[survivor_pid]
     assert doomed and survivors, {pid: len(v) for pid, v in held.items()}
+    assert os.readlink(advertised_path(doomed_pid)) == path + ".worker0"
     probers = [EchoProber(s, b"survivor %d" % i) for i, s in enumerate(survivors[:8])]
     for p in probers:
         p.wait_rounds(3)
@@ -63,6 +65,7 @@ def test_sigkilled_worker_is_restarted_while_the_other_serves_on(daemon, tmp_pat
         p.wait_rounds(5)
         p.assert_answered_throughout(killed_at, time.monotonic())
     assert survivor_pid in worker_pids(path) and read_stats(path)["restarts"] == 1
+    assert not os.path.lexists(advertised_path(doomed_pid))  # the dead one's is cleared away
     fresh = hold_echoed(d, 30)  # each echoes a line exactly
     on = owners(fresh, [survivor_pid, new_pid])
     assert on[new_pid], "the restarted worker serves new connections"
