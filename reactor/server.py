@@ -23,7 +23,7 @@ from .connection import ConnectionOptions
 from .loop import Loop, _bind
 from .protocols import Codec, Handler
 from .errors import CloseReason
-from .stats import STATS_VERSION, WholeReply, aggregate, serve_stats
+from .stats import STATS_VERSION, WholeReply, advertised_path, aggregate, serve_stats
 
 __all__ = ["ServerConfig", "bind_sockets", "run_server", "format_address"]
 
@@ -288,6 +288,9 @@ class _Supervisor:
                 break
             if pid == 0:
                 break
+            index = self.children.get(pid)
+            if index is not None and self.config.stats_socket:
+                _drop_advert(pid, _worker_stats_path(self.config.stats_socket, index))
             out.append((pid, os.waitstatus_to_exitcode(raw)))
             if block:
                 self.children.pop(pid, None)
@@ -329,6 +332,17 @@ class _Gather(Handler):
 
     def on_close(self, conn: Any, reason: CloseReason) -> None:
         self.answered(self.index, self.doc)
+
+
+def _drop_advert(pid: int, path: str) -> None:
+    """Remove a dead worker's advertisement of its stats socket ``path``: a worker
+    killed outright (SIGKILL) could not, and the pid may be reused."""
+    advert = advertised_path(pid)
+    try:
+        if os.readlink(advert) == os.path.abspath(path):
+            os.unlink(advert)
+    except OSError:
+        pass
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -234,6 +234,11 @@ class _StatsHandler(Handler):
 
         self._provide(reply)
 
+    def on_eof(self, conn: Connection, remainder: bytes) -> bool:
+        # A reader that shuts down its side before an asynchronous provider (the
+        # supervisor's) has replied still gets the document: reply() closes.
+        return True
+
     def on_idle(self, conn: Connection) -> None:
         conn.abort(CloseReason.IDLE_TIMEOUT)
 

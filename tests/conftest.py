@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -128,6 +129,71 @@ def connect_many_expect_refusals(connect: Callable[[], socket.socket], n: int,
             assert data == b"n%d\n" % i
             held.append(s)
     return held, refused
+
+
+class EchoProber:
+    """A thread doing round trips of a few lines on one connection, checking every byte,
+    until :meth:`stop`: proof that a daemon keeps serving while something else goes on.
+
+    ``answered`` holds the monotonic time each round trip completed; :meth:`stop` joins
+    the thread and raises if a round trip failed (wrong bytes, EOF, or no answer
+    within ``timeout``). Rounds are paced ``pause_s`` apart so the prober does not
+    itself load the daemon."""
+
+    def __init__(self, sock: socket.socket, tag: bytes, timeout: float = 5.0,
+                 pause_s: float = 0.005) -> None:
+        self.sock, self.tag, self.timeout, self.pause_s = sock, tag, timeout, pause_s
+        self.answered: list[float] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            n = 0
+            while not self._stop.is_set():
+                payload = b"".join(b"%s round %d line %d\n" % (self.tag, n, i) for i in range(8))
+                self.sock.sendall(payload)
+                got = recv_exactly(self.sock, len(payload), self.timeout)
+                assert got == payload, f"round {n}: sent {payload[:60]!r}..., got {got[:60]!r}..."
+                self.answered.append(time.monotonic())
+                n += 1
+                self._stop.wait(self.pause_s)
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+
+    def wait_rounds(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until ``n`` more round trips have been answered."""
+        target = len(self.answered) + n
+        wait_for(lambda: len(self.answered) >= target or self.error, timeout,
+                 f"{n} more round trips on {self.tag!r}")
+        if self.error is not None:
+            raise AssertionError(f"{self.tag!r}: {self.error}") from self.error
+
+    def assert_answered_throughout(self, start: float, end: float,
+                                   max_gap_s: float = 1.0) -> None:
+        """Round trips never stopped for ``max_gap_s`` from ``start`` to ``end``: the gaps
+        between answers, from the last one before ``start`` to the first one after
+        ``end`` (waited for), are all shorter."""
+        wait_for(lambda: (self.answered and self.answered[-1] > end) or self.error,
+                 what=f"a round trip on {self.tag!r}")
+        if self.error is not None:
+            raise AssertionError(f"{self.tag!r}: {self.error}") from self.error
+        before = [t for t in self.answered if t <= start][-1:] or [start]
+        inside = [t for t in self.answered if start < t <= end]
+        after = next(t for t in self.answered if t > end)
+        marks = [*before, *inside, after]
+        gap = max(b - a for a, b in zip(marks, marks[1:]))
+        assert gap < max_gap_s, f"{self.tag!r}: {gap:.2f} s without an answer"
+
+    def stop(self) -> int:
+        """Stop; return how many round trips were answered (all checked byte for byte)."""
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+        if self.error is not None:
+            raise AssertionError(f"{self.tag!r}: {self.error}") from self.error
+        return len(self.answered)
 
 
 class Daemon:

@@ -14,7 +14,7 @@ from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import Loop, read_stats, serve_stats
 from reactor.stats import StatsError, advertised_path, aggregate, loop_stats
-from tests.conftest import ROOT, run_echo, wait_for
+from tests.conftest import ROOT, recv_until_eof, run_echo, wait_for
 
 CONTRACT_KEYS = {"version", "pid", "connections", "accepted", "closed", "chunks", "timers",
                  "iterations", "events", "events_per_s", "lag", "bytes_in", "bytes_out",
@@ -127,6 +127,23 @@ def test_explicit_path_is_advertised_by_symlink_and_cleaned_up(loop, tmp_path):
     assert os.readlink(advert) == path
     lst.close()
     assert not os.path.lexists(advert) and not os.path.exists(path)
+
+
+def test_a_reader_that_shuts_down_its_side_still_gets_a_late_document(loop, tmp_path):
+    """A provider that answers later (as the supervisor does after asking its workers):
+    the reader's FIN must not cost it the document."""
+    path = str(tmp_path / "s.sock")
+    serve_stats(loop, path, advertise=False,
+                provider=lambda reply: loop.call_later(0.05, reply, {"version": 1, "late": 1}))
+    t = run_loop_in_thread(loop)
+    try:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(path)
+            c.shutdown(socket.SHUT_WR)
+            assert json.loads(recv_until_eof(c, 5)) == {"version": 1, "late": 1}
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
 
 
 def test_read_stats_errors_are_one_line(tmp_path):
