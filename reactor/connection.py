@@ -568,6 +568,9 @@ class Connection(TimerEntry):
                 cut = self._codec.frames_end(loop._flat, off, end)  # type: ignore[attr-defined]
             except CodecError as exc:
                 error, cut = exc, exc.valid_prefix
+            except Exception as exc:  # noqa: BLE001 - a codec bug closes one peer, as a handler's
+                self._handler_failed(exc, "codec frames_end")
+                return
             if cut < end and error is None:  # keep the partial frame before the handler runs
                 if end - cut <= _SMALL_REST:
                     self._rest = mv[cut:end].tobytes()
@@ -686,6 +689,9 @@ class Connection(TimerEntry):
                 msg = take(rx)
             except CodecError as exc:
                 self._codec_error(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a codec bug closes one peer, as a handler's
+                self._handler_failed(exc, f"codec {take.__name__}")
                 return
             if msg is None:
                 return
@@ -1012,7 +1018,8 @@ class Connection(TimerEntry):
             self._handler_failed(exc, name)
 
     def _handler_failed(self, exc: Exception, where: str) -> None:
-        log.error("connection %s %r: handler %s raised %s: %s", self.id, self.peer, where,
+        log.error("connection %s %r: %s raised %s: %s", self.id, self.peer,
+                  where if where.startswith("codec ") else f"handler {where}",
                   type(exc).__name__, exc, exc_info=exc)
         self._reason = CloseReason.HANDLER_ERROR
         if self._state <= OPEN:

@@ -315,3 +315,46 @@ def test_a_codec_error_closes_that_connection_with_its_reason_after_earlier_line
         scene.bystanders_echo_everything()
     finally:
         scene.close()
+
+
+class BreaksOnBad(LineCodec):
+    """A codec with a bug: anything but a CodecError out of maybe_take_frame or frames_end."""
+
+    __slots__ = ()
+
+    def maybe_take_frame(self, buf):
+        line = super().maybe_take_frame(buf)
+        if line == b"bad":
+            raise ValueError("codec bug")
+        return line
+
+    def frames_end(self, buf, start, end):
+        if b"bad\n" in bytes(buf[start:end]):
+            raise ValueError("codec bug")
+        return super().frames_end(buf, start, end)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [False, True], ids=["per_frame", "batch"])
+def test_a_codec_bug_closes_only_its_connection_like_a_handler_bug(mode, batch, caplog):
+    victim = Victim(None)
+    if batch:  # LineEchoHandler's on_batch goes through frames_end
+        class Batch(LineEchoHandler):
+            def on_close(self, conn, reason):
+                victim.closed.append(reason)
+        scene = Scene(mode, Batch(), BreaksOnBad)
+    else:
+        scene = Scene(mode, victim, BreaksOnBad)
+    try:
+        scene.victim.queue(b"one\n")
+        scene.run_until(lambda: len(scene.victim.got) >= 4, "the first line")
+        scene.victim.queue(b"bad\nnever\n")
+        scene.run_until(lambda: scene.victim.eof and victim.closed, "the victim closed")
+        assert bytes(scene.victim.got) == b"one\n"
+        assert victim.closed == [CloseReason.HANDLER_ERROR]
+        errors = logged(caplog, "codec bug")
+        assert len(errors) == 1 and errors[0].levelno == logging.ERROR
+        assert "codec" in errors[0].getMessage()
+        scene.bystanders_echo_everything()
+    finally:
+        scene.close()
