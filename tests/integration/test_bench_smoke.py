@@ -4,6 +4,8 @@ No speed is asserted here: CI machines are shared and noisy. What is asserted is
 server that can run on this machine ran every workload, that the bytes and connections were
 verified, and that the harness exits 0. uvloop is optional (the ``bench`` extra): without it
 that peer is skipped with a note, and that is a pass.
+The asyncio peer's two styles are also checked directly on a line split across sends and a
+partial line at EOF, which the generator never sends.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -76,3 +79,29 @@ def test_every_measurement_verified_its_bytes_and_connections(smoke):
             assert r["held_silent"] >= r["conns"] and r["echoed"] == r["conns"]
         if r["workload"] == "accept":
             assert r["probes_opened"] == r["extra"]
+
+
+@pytest.mark.parametrize("style", ["batch", "lines"])
+def test_asyncio_peer_echoes_split_lines_and_the_partial_line_at_eof(style):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "bench" / "aio_echo.py"),
+                             "--port", "0", "--style", style, "--max-seconds", "30"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        sent, got = b"", b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for piece in (b"ab", b"c\nde", b"f\n\n\ng", b"h", b"\nij"):
+                s.sendall(piece)
+                sent += piece
+                while len(got) < sent.rfind(b"\n") + 1:  # every complete line, before more
+                    data = s.recv(4096)
+                    assert data, (sent, got)
+                    got += data
+            s.shutdown(socket.SHUT_WR)
+            while data := s.recv(4096):
+                got += data
+        assert got == sent
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
