@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""The asyncio peer of tools/bench.py: the same line-echo contract as a plain ``Protocol``.
+"""The asyncio peers of tools/bench.py: the same line-echo contract as a plain ``Protocol``.
 
-    python tools/bench/aio_echo.py --port 0 [--loop asyncio|uvloop] [--max-seconds 600]
+    python tools/bench/aio_echo.py --port 0 [--style batch|lines] [--loop asyncio|uvloop]
 
 Every ``\\n``-terminated line goes back byte for byte, a partial line is kept until its
-newline arrives, and reading pauses while the transport's write buffer is above its high
-water mark (``pause_writing``/``resume_writing``). It is the fastest honest way to write
-this on asyncio: one ``transport.write`` of everything up to the last newline per
-``data_received``, no per-line work in Python. ``--loop uvloop`` runs the same code on
-uvloop. Prints ``listening on 127.0.0.1:PORT`` first and stops by itself after
-``--max-seconds`` (or on SIGTERM/SIGINT). Loopback only.
+newline arrives (and goes back at EOF), and reading pauses while the transport's write
+buffer is above its high water mark (``pause_writing``/``resume_writing``). Two styles:
+``batch`` (the default) is the fastest honest way to write this on asyncio, one
+``transport.write`` of everything up to the last newline per ``data_received``, no
+per-line work in Python; ``lines`` handles each line as a line, the way asyncio's docs
+and most users write it (``PerLineEcho``: a ``bytes`` per line, one ``writelines``).
+``--loop uvloop`` runs the same code on uvloop. Prints ``listening on 127.0.0.1:PORT``
+first and stops by itself after ``--max-seconds`` (default 600; or on SIGTERM/SIGINT).
+Loopback only.
 """
 
 from __future__ import annotations
@@ -58,9 +61,35 @@ class LineEcho(asyncio.Protocol):
         self.transport.resume_reading()  # type: ignore[union-attr]
 
 
-async def serve(port: int, max_seconds: float, backlog: int) -> None:
+class PerLineEcho(LineEcho):
+    """Split the buffer into lines and hand them back with one ``transport.writelines``.
+
+    What a careful user writes after asyncio's docs: their TCP echo server example
+    (``EchoServerProtocol``) makes one transport call per ``data_received``, and here that
+    call carries the lines, each its own ``bytes`` with its newline put back. Careful, as
+    the buffer is split once per ``data_received`` (``*lines, partial =
+    buffer.split(b"\\n")``), not rescanned per line. ``writelines``, not a ``write`` per
+    line: while the transport's buffer is empty every ``write`` is a ``send``, and with a
+    ``send`` per line this peer echoed 0.35 M lines/s at 100 firehose connections (the
+    batch style: 240 M) and left 744 of 1,000 connections without a single line in 4 s,
+    failing the contract; with ``writelines`` it did 16 M and served all 100. (On Python
+    3.11 ``writelines`` joins the lines and calls ``write`` once.) The partial line, EOF
+    and the pause/resume of reading are ``LineEcho``'s.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        self.transport.writelines([line + b"\n" for line in lines])  # type: ignore[union-attr]
+
+
+STYLES = {"batch": LineEcho, "lines": PerLineEcho}
+
+
+async def serve(style: str, port: int, max_seconds: float, backlog: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(LineEcho, "127.0.0.1", port, backlog=backlog)
+    server = await loop.create_server(STYLES[style], "127.0.0.1", port, backlog=backlog)
     where = server.sockets[0].getsockname()
     print(f"listening on {where[0]}:{where[1]}", flush=True)
     done = loop.create_future()
@@ -75,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument("--style", choices=tuple(STYLES), default="batch",
+                   help="batch: one write up to the last newline; lines: a bytes per line, "
+                        "one writelines")
     p.add_argument("--max-seconds", type=float, default=600.0)
     p.add_argument("--backlog", type=int, default=4096)
     a = p.parse_args(argv)
@@ -87,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(a.port, a.max_seconds, a.backlog))
+        runner.run(serve(a.style, a.port, a.max_seconds, a.backlog))
     return 0
 
 
