@@ -913,7 +913,10 @@ class Connection(TimerEntry):
 
     def _fail(self, exc: OSError) -> None:
         """A socket error: this connection ends, the loop goes on."""
-        self.error = exc
+        # Without its traceback: the traceback's frames hold this connection, and a
+        # connection kept alive by a cycle is freed only by a full GC (RSS grew by ~700 B
+        # per reset connection under churn until one ran).
+        self.error = exc.with_traceback(None)
         reason = (
             CloseReason.PEER_RESET
             if isinstance(exc, (ConnectionError, BrokenPipeError))

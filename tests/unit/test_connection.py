@@ -662,3 +662,33 @@ def test_write_timeout_aborts_a_stalled_peer_but_not_a_slow_reader(mode):
                 pass
     finally:
         loop.close()
+
+
+def test_a_reset_connection_is_freed_without_the_cycle_collector(mode):
+    """conn.error keeps the socket error without its traceback: the traceback's frames would
+    hold the connection in a reference cycle that only a full GC frees (RSS grew with
+    every reset connection under churn)."""
+    import gc
+    import struct
+    import sys
+
+    loop = Loop(selector=mode)
+    gc.disable()
+    try:
+        rec = Recorder()
+        addr = serve(loop, rec)
+        c = client(addr)
+        run_until(loop, lambda: rec.conns, what="accept")
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.sendall(b"partial")
+        c.close()  # a reset
+        run_until(loop, lambda: rec.closed, what="on_close")
+        conn = rec.conns.pop()
+        assert rec.closed == [CloseReason.PEER_RESET] and isinstance(conn.error, OSError)
+        assert conn.error.__traceback__ is None
+        before = sys.getrefcount(conn)
+        # Only this frame's name and getrefcount's argument hold it: no cycle keeps it.
+        assert before == 2
+    finally:
+        gc.enable()
+        loop.close()
