@@ -111,6 +111,34 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def rss_bytes(pid: int) -> int:
+    """A process's resident set now (VmRSS)."""
+    return _proc_status_kib(pid, "VmRSS") * 1024
+
+
+def _proc_status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def echo_ok(d: Daemon, payload: bytes = b"ping\n") -> None:
+    """The daemon still serves: a fresh connection gets its line back."""
+    with d.connect() as s:
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
+def echo_each(socks: list[socket.socket], tag: bytes, lines: int = 1) -> None:
+    """Every connection sends ``lines`` lines and gets every byte back."""
+    for i, s in enumerate(socks):
+        payload = b"".join(b"%s %d line %d\n" % (tag, i, n) for n in range(lines))
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
 def connect_many_expect_refusals(connect: Callable[[], socket.socket], n: int,
                                  refusal: bytes = b"ERR server full\n"
                                  ) -> tuple[list[socket.socket], int]:
