@@ -538,7 +538,9 @@ def test_fd_exhaustion_again_and_again(echo_daemon):
     number of connections is held (no fd leaked or lost to the spare-fd dance), every refusal
     is ``ERR server full``, every held connection echoes 200 lines byte for byte while
     exhausted; then half of them leave (FIN or RST), exactly as many newcomers are served,
-    and the rest, old and new, echo 200 lines again; at the end the books are back."""
+    and the rest, old and new, echo 200 lines again; at the end the books are back. At the
+    limit the listener waits for the next connection, not for a timer: it counts one
+    exhaustion per refused connection, not one per 100 ms spent at the limit."""
     d, base = echo_daemon("--max-conns", "1000", preexec=_limit_fds(40))
     counts, refusals = [], 0
     for cycle in range(3):
@@ -561,6 +563,8 @@ def test_fd_exhaustion_again_and_again(echo_daemon):
     assert counts[0] == counts[1] == counts[2], counts
     doc = base.stats()
     assert doc["closed"]["server_full"] == refusals
+    assert doc["listeners"][0]["fd_exhausted"] == refusals, (
+        "accept() polled by the retry timer while the daemon sat at its fd limit")
 
 
 # ----------------------------------------------------------------------------------- leaks
