@@ -473,11 +473,11 @@ def test_burst_of_5000_connects_against_backlog_16(echo_daemon):
     retransmission timers fire together, and each wave gets ~17 in: hundreds were still
     waiting after 60 s, with the daemon idle and its accept queue empty throughout.
 
-    When the client closes its 4,000, the kernel sometimes (one run in three here) turns
-    late packets into up to a queue's worth (17) of new SYN-cookie connections that nobody
-    holds: their client side is already in TIME_WAIT. The daemon accepts them like any
-    peer; nothing ever arrives on them, so --idle-timeout reclaims them, as it would any
-    silent peer (10 s: longer than the burst, so that no served connection is touched)."""
+    When the client closes its 4,000, the kernel sometimes hands the daemon extra SYN-cookie
+    connections (0 to 30 seen, more on a loaded machine) on the addresses of served ones
+    whose client side is already in TIME_WAIT: nobody holds them. The daemon accepts them
+    like any peer; nothing ever arrives on them, so --idle-timeout reclaims them, as it would
+    any silent peer (10 s: longer than the burst, so that no served connection is touched)."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 5200:
         pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below 5,200")
@@ -489,12 +489,14 @@ def test_burst_of_5000_connects_against_backlog_16(echo_daemon):
     result = json.loads(r.stdout)
     assert result["pending"] == 0 and result["wrong"] == 0, result
     assert (result["served"], result["refused"], result["refused_at_connect"]) == (4000, 1000, 0)
-    wait_for(lambda: base.stats()["connections"] <= 17, what="the 4,000 served ones closed",
-             step=lambda: time.sleep(0.05))
-    doc = base.check(timeout=20)
-    ghosts = doc["accepted"] - 4000
-    assert doc["closed"]["peer_closed"] == 4000 and doc["closed"]["server_full"] == 1000
-    assert 0 <= ghosts <= 17 and doc["closed"]["idle_timeout"] == ghosts, doc["closed"]
+    wait_for(lambda: base.stats()["closed"]["peer_closed"] == 4000,
+             what="the 4,000 served ones closed", step=lambda: time.sleep(0.05))
+    doc = base.check(timeout=25)
+    assert doc["closed"]["server_full"] == 1000
+    # Every connection accepted beyond the 4,000 was one nobody held: only the idle timeout
+    # ended it, and no other connection was ended that way.
+    assert doc["closed"]["idle_timeout"] == doc["accepted"] - 4000, doc["closed"]
+    assert doc["closed_total"] == doc["accepted"] + 1000
     echo_ok(d)
 
 
