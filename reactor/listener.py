@@ -23,7 +23,9 @@ wrong. We keep one spare fd (``FdReserve``, Twisted's _FileDescriptorReservation
 and libuv's uv__emfile_trick): on EMFILE we close the spare, accept the waiting
 connection into the freed slot, tell it ``reject_message`` if it will take it,
 close it, and take the spare back -- repeated until the queue is empty, so
-peers get an answer instead of a hang. If that cannot work (ENFILE, or the
+peers get an answer instead of a hang. (Linux fails accept() with EMFILE before it
+looks at the queue, so the last round finds nobody: accepting then just stops until
+the next edge.) If that cannot work (ENFILE, or the
 spare could not be re-taken), accepting pauses for ``_RETRY_S`` and a timer
 retries: no spin, no deafness. Warnings are rate-limited to one per
 ``_WARN_EVERY_S`` with a count. Nothing on this path opens a file or imports a
@@ -349,18 +351,29 @@ class Listener:
             del self._per_ip[host]
 
     def _out_of_fds(self, exc: OSError) -> bool:
-        """EMFILE and friends. True if a queued connection was answered and closed."""
-        self.fd_exhausted_total += 1
-        self._warn(exc)
+        """EMFILE and friends. True if a queued connection was answered and closed; False
+        when accepting stops: nobody was waiting after all, or it pauses for ``_RETRY_S``."""
+        fd = -1
         if exc.errno == errno.EMFILE and self._reserve.release():
             try:
                 fd, _addr = self._sock._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                # Linux takes the fd before it looks at the queue: at the limit accept()
+                # fails with EMFILE even when nobody waits. Nobody was refused, and the next
+                # connection raises an edge: no retry timer, or each refusal would wait for
+                # it (test_hostile.py::test_fd_exhaustion_again_and_again).
+                if self._reserve.reacquire():
+                    if self._bucket is not None:
+                        self._bucket.give_back()  # as for EAGAIN in _accept_some
+                    return False
             except OSError:
-                fd = -1
-            if fd >= 0:
-                self._reject(fd, CloseReason.SERVER_FULL, self.reject_message)
-            if self._reserve.reacquire() and fd >= 0:
-                return True
+                pass
+        self.fd_exhausted_total += 1
+        self._warn(exc)
+        if fd >= 0:
+            self._reject(fd, CloseReason.SERVER_FULL, self.reject_message)
+        if self._reserve.reacquire() and fd >= 0:
+            return True
         self._pause()
         return False
 

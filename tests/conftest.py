@@ -112,6 +112,45 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def rss_bytes(pid: int) -> int:
+    """A process's resident set now (VmRSS)."""
+    return _proc_status_kib(pid, "VmRSS") * 1024
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start measuring a process's peak RSS afresh (VmHWM := VmRSS; Linux >= 4.0)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak RSS (VmHWM) since it started or since ``reset_peak_rss``."""
+    return _proc_status_kib(pid, "VmHWM") * 1024
+
+
+def _proc_status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def echo_ok(d: Daemon, payload: bytes = b"ping\n") -> None:
+    """The daemon still serves: a fresh connection gets its line back."""
+    with d.connect() as s:
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
+def echo_each(socks: list[socket.socket], tag: bytes, lines: int = 1) -> None:
+    """Every connection sends ``lines`` lines and gets every byte back."""
+    for i, s in enumerate(socks):
+        payload = b"".join(b"%s %d line %d\n" % (tag, i, n) for n in range(lines))
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
 def connect_many_expect_refusals(connect: Callable[[], socket.socket], n: int,
                                  refusal: bytes = b"ERR server full\n"
                                  ) -> tuple[list[socket.socket], int]:
@@ -257,6 +296,40 @@ class Daemon:
         for f in (self.proc.stdout, self.proc.stderr):
             if f:
                 f.close()
+
+
+class Baseline:
+    """A daemon's books at rest, taken before any client: its open fds, and (from its stats
+    socket) an empty connection table and buffer pool. ``check()`` waits, with a deadline, for
+    them to come back after a scenario: every connection forgotten, every chunk returned,
+    every fd closed (and none lost: the count must come back exactly)."""
+
+    def __init__(self, d: Daemon, stats_path: str) -> None:
+        self.d = d
+        self.stats_path = stats_path
+        self.fds = d.fd_count()  # before the first stats read, whose connection takes an fd
+        self.check(timeout=5.0)
+
+    def stats(self) -> dict:
+        from reactor import read_stats
+
+        return read_stats(self.stats_path)
+
+    def check(self, timeout: float = 15.0) -> dict:
+        """Wait for the baseline; return the stats document that showed it."""
+        def at_rest() -> dict | None:
+            doc = self.stats()
+            pool = doc["chunks"]
+            rest = (doc["connections"], doc["rx_bytes"], doc["tx_bytes"], doc["paused_reading"],
+                    pool["chunks_in_use"], pool["overflow_in_use"], len(doc["top"]))
+            return doc if rest == (0, 0, 0, 0, 0, 0, 0) else None
+
+        doc = wait_for(at_rest, timeout, "an empty connection table and pool",
+                       step=lambda: time.sleep(0.02))
+        # Polled without reading the stats again: each read is a connection, an fd for a moment.
+        wait_for(lambda: self.d.fd_count() == self.fds, timeout,
+                 f"the daemon's fd count back to {self.fds}")
+        return doc  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -14,15 +14,8 @@ import time
 
 import pytest
 
-from tests.conftest import (LINE_ECHO, ROOT, connect_many_expect_refusals, cpu_ticks,
-                            recv_exactly, recv_until_eof, wait_for)
-
-
-def echo_ok(d, payload: bytes = b"ping\n") -> None:
-    """The daemon still serves: a fresh connection gets its line back."""
-    with d.connect() as s:
-        s.sendall(payload)
-        assert recv_exactly(s, len(payload)) == payload
+from tests.conftest import (LINE_ECHO, ROOT, connect_many_expect_refusals, cpu_ticks, echo_each,
+                            echo_ok, recv_exactly, recv_until_eof, rss_bytes, wait_for)
 
 
 def test_listening_line_and_default_address(daemon):
@@ -160,14 +153,6 @@ def connect_from(d, host: str) -> socket.socket:
     return socket.create_connection(d.address, timeout=10, source_address=(host, 0))
 
 
-def echo_each(socks: list[socket.socket], tag: bytes, lines: int = 1) -> None:
-    """Every connection sends ``lines`` lines and gets every byte back."""
-    for i, s in enumerate(socks):
-        payload = b"".join(b"%s %d line %d\n" % (tag, i, n) for n in range(lines))
-        s.sendall(payload)
-        assert recv_exactly(s, len(payload)) == payload
-
-
 def test_max_conns_per_ip_refuses_the_extra_one_from_that_address_only(daemon, tmp_path):
     from reactor import read_stats
 
@@ -259,7 +244,7 @@ def test_slow_reader_backpressure_keeps_memory_flat_and_loses_nothing(daemon, tm
     path = str(tmp_path / "stats.sock")
     d = daemon("--stats-socket", path)
     echo_ok(d)
-    rss_before = _rss(d.pid)
+    rss_before = rss_bytes(d.pid)
     with d.connect() as s:
         payload = b"".join(b"slow reader %07d\n" % i for i in range(1_000_000))  # 20 MB
         writer = threading.Thread(target=s.sendall, args=(payload,))
@@ -268,15 +253,10 @@ def test_slow_reader_backpressure_keeps_memory_flat_and_loses_nothing(daemon, tm
         wait_for(lambda: read_stats(path)["paused_reading"] == 1, what="server paused")
         doc = read_stats(path)
         assert doc["tx_bytes"] + doc["rx_bytes"] < 1 << 20
-        assert _rss(d.pid) - rss_before < 16 << 20
+        assert rss_bytes(d.pid) - rss_before < 16 << 20
         got = recv_exactly(s, len(payload), 120)
         writer.join(10)
         assert got == payload
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_sigterm_drains_every_complete_line_then_exits_zero(daemon):

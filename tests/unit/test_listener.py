@@ -51,7 +51,7 @@ def test_emfile_refuses_excess_without_spinning_then_recovers(mode):
         assert cpu_ticks(proc.pid) - before < 30  # idle at the limit: no spin
         for s in held[:3]:
             s.close()
-        time.sleep(0.3)  # the retry timer (100 ms) resumes accepting
+        time.sleep(0.3)  # the server sees them close: their fds are free again
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"after\n")
             assert recv_exactly(s, 6) == b"after\n"
