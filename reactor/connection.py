@@ -462,6 +462,8 @@ class Connection(TimerEntry):
     def _pump_reads(self) -> None:
         """Read until EAGAIN, a short read or the budget (invariant 1), delivering as we go.
 
+        A batch handler with a ``frames_end`` codec takes ``_pump_flat`` instead; this is
+        the per-frame path (``on_message``), and the batch path of other codecs.
         Where the bytes land: a connection whose receive side holds nothing, or only
         a short partial frame, reads into the loop's one big scratch ring (the partial
         copied in front first): one large recv, decoded in place, and only what is left
@@ -473,13 +475,13 @@ class Connection(TimerEntry):
         straight into its own pooled ring.
         """
         loop = self._loop
-        recv_into = self._sock.recv_into
-        keep = loop._read_keep
         budget = loop._read_budget
-        scratch = loop._scratch_ring
         if self._batch == B_FLAT:
             self._pump_flat(budget)
             return
+        recv_into = self._sock.recv_into
+        keep = loop._read_keep
+        scratch = loop._scratch_ring
         while not self._pause and self._state == OPEN:
             rx = self._rx
             if rx is None or (len(rx) <= _SMALL_REST and not rx.chunks_held > 1):
