@@ -97,12 +97,13 @@ class RingBuffer:
             tail = 0
         self._tail = tail
 
-    def writable(self, keep: int = 0) -> memoryview | None:
+    def writable(self, keep: int = 0, borrow: bool = False) -> memoryview | None:
         """A view of the free space at the tail, to ``recv_into``; ``None`` if the pool refused.
 
         If the tail chunk is full (or there is none) a new chunk is taken with
         ``pool.acquire(keep)``; ``None`` then means the caller should pause
-        reading. Always follow with :meth:`commit` (``commit(0)`` if nothing
+        reading. With ``borrow`` the chunk comes from ``pool.borrow()`` instead
+        (a heap chunk if the pool is at its cap): never ``None``. Always follow with :meth:`commit` (``commit(0)`` if nothing
         was read) before any other mutating call.
         """
         pool = self._pool
@@ -113,7 +114,7 @@ class RingBuffer:
                 chunk = chunks[-1]
                 # A fresh chunk is returned whole: its view was built once by the pool.
                 return chunk[tail:] if tail else chunk
-        chunk = pool.acquire(keep)
+        chunk = pool.borrow() if borrow else pool.acquire(keep)
         if chunk is None:
             return None
         if chunks is None:
@@ -178,11 +179,10 @@ class RingBuffer:
 
     def _locate(self, chunk: memoryview):
         """The object backing ``chunk`` and the chunk's offset in it (memoryview has no find())."""
-        pool = self._pool
-        offset = pool._offsets.get(id(chunk))
-        if offset is None:  # an overflow chunk: a view over a whole bytearray
+        where = self._pool._where.get(id(chunk))
+        if where is None:  # an overflow chunk: a view over a whole bytearray
             return chunk.obj, 0
-        return pool._arena, offset
+        return where
 
     def _bounds(self, byte: bytes, start: int, end: int | None) -> tuple[int, int]:
         if len(byte) != 1:

@@ -88,6 +88,7 @@ def test_high_water_and_stats():
     assert s == PoolStats(
         chunk_size=128, chunks_total=5, chunks_in_use=1, chunks_free=4,
         high_water=3, exhausted_total=0, overflow_in_use=0, overflow_total=0,
+        chunks_max=5, grows_total=0, shrinks_total=0,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.chunks_free = 0  # type: ignore[misc]
@@ -207,9 +208,10 @@ sparse = st.lists(
 class RingMachine(RuleBasedStateMachine):
     """Two rings sharing a small pool, so chains, exhaustion and overflow all happen."""
 
-    @initialize(chunks=st.integers(1, 6))
-    def setup(self, chunks):
-        self.pool = BufferPool(CHUNK, chunks)
+    @initialize(chunks=st.integers(1, 6), extra=st.integers(0, 6), step=st.integers(1, 3))
+    def setup(self, chunks, extra, step):
+        # extra > 0: an elastic pool, so growth and trim() happen under the rings too
+        self.pool = BufferPool(CHUNK, chunks, max_chunks=chunks + extra, grow_chunks=step)
         self.rings = [RingBuffer(self.pool), RingBuffer(self.pool)]
         self.models = [bytearray(), bytearray()]
 
@@ -281,6 +283,14 @@ class RingMachine(RuleBasedStateMachine):
         if len(segs) < max_segments:
             assert len(joined) == len(self.models[i])
 
+    @rule()
+    def trim(self):
+        before = self.pool.stats()
+        gone = self.pool.trim()
+        after = self.pool.stats()
+        assert after.shrinks_total == before.shrinks_total + gone
+        assert after.chunks_in_use == before.chunks_in_use  # only free arenas go
+
     @rule(i=st.integers(0, 1))
     def clear(self, i):
         self.rings[i].clear()
@@ -307,3 +317,126 @@ class RingMachine(RuleBasedStateMachine):
 
 RingMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestRing = RingMachine.TestCase
+
+
+# -- the elastic pool: growth up to the cap, trim back to the first arena ------------------
+
+def test_pool_grows_in_arenas_up_to_the_cap_then_refuses():
+    pool = BufferPool(64, 2, max_chunks=7, grow_chunks=2)
+    held = [pool.acquire() for _ in range(7)]
+    assert all(c is not None for c in held)
+    s = pool.stats()
+    assert (s.chunks_total, s.chunks_max, s.grows_total) == (7, 7, 3)  # 2 + 2 + 2 + 1 (cap)
+    assert pool.is_low() and pool.acquire() is None
+    assert pool.stats().exhausted_total == 1
+    over = pool.borrow()  # the send side still gets a chunk, from the heap
+    assert pool.stats().overflow_in_use == 1
+    pool.release(over)
+    for c in held:
+        pool.release(c)
+    assert pool.stats().chunks_in_use == 0 and not pool.is_low()
+
+
+def test_is_low_takes_nothing_and_counts_nothing():
+    pool = BufferPool(64, 2, max_chunks=4, grow_chunks=2)
+    a, b = pool.acquire(), pool.acquire()
+    assert not pool.is_low()       # empty, but the cap allows one more arena
+    assert pool.stats().chunks_total == 2
+    c = pool.acquire()
+    assert pool.is_low(keep=1) and not pool.is_low(keep=0)
+    assert pool.stats().exhausted_total == 0 and pool.chunks_in_use == 3
+    for x in (a, b, c):
+        pool.release(x)
+
+
+def test_trim_unmaps_only_wholly_free_grown_arenas_and_keeps_headroom():
+    pool = BufferPool(64, 2, max_chunks=8, grow_chunks=2)
+    held = [pool.acquire() for _ in range(8)]
+    for c in held[:6]:
+        pool.release(c)
+    # Arenas: first [0, 1], then [2, 3], [4, 5], [6, 7]; chunks 6 and 7 still lent.
+    assert pool.trim() == 2           # [2, 3] and [4, 5] are free; [6, 7] is not
+    s = pool.stats()
+    assert (s.chunks_total, s.chunks_in_use, s.shrinks_total) == (4, 2, 2)
+    held[6][:4] = b"keep"            # a lent chunk of a kept arena is still good memory
+    assert bytes(held[6][:4]) == b"keep"
+    pool.release(held[6])
+    pool.release(held[7])
+    # All free now: the first arena's 2 free chunks are the headroom, so [6, 7] goes too.
+    assert pool.trim() == 1
+    assert pool.stats().chunks_total == 2 and not pool.grown
+    assert pool.trim() == 0
+
+
+def test_trim_reorders_so_the_first_arena_is_lent_first():
+    pool = BufferPool(64, 2, max_chunks=4, grow_chunks=2)
+    held = [pool.acquire() for _ in range(4)]
+    for c in held:
+        pool.release(c)              # the free stack now pops grown-arena chunks first
+    assert pool.trim() == 1          # the grown arena goes; the first keeps 2 free
+
+    first = {id(c) for c in held[:2]}
+    again = [pool.acquire(), pool.acquire()]
+    assert {id(c) for c in again} == first
+
+
+def test_pool_rejects_a_cap_below_its_first_arena():
+    with pytest.raises(ValueError, match="max_chunks 1 is below chunks 2"):
+        BufferPool(64, 2, max_chunks=1)
+    with pytest.raises(ValueError, match="grow_chunks 0"):
+        BufferPool(64, 2, max_chunks=4, grow_chunks=0)
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """The elastic pool against a model: what is lent, the capacity and its bounds."""
+
+    @initialize(first=st.integers(1, 4), extra=st.integers(0, 8), step=st.integers(1, 4))
+    def setup(self, first, extra, step):
+        self.pool = BufferPool(64, first, max_chunks=first + extra, grow_chunks=step)
+        self.first = first
+        self.lent: list = []
+        self.overflow: list = []
+
+    @rule(keep=st.integers(0, 3))
+    def acquire(self, keep):
+        free_before = self.pool.chunks_free
+        room = self.pool.chunks_max - self.pool.chunks_total
+        c = self.pool.acquire(keep)
+        if c is None:  # refused only when growing could not give more than keep free
+            assert free_before + room <= keep
+        else:
+            assert len(c) == 64 and type(c.obj).__name__ == "mmap"
+            c[:1] = b"x"
+            self.lent.append(c)
+
+    @rule()
+    def borrow(self):
+        c = self.pool.borrow()
+        (self.lent if type(c.obj).__name__ == "mmap" else self.overflow).append(c)
+
+    @rule(data=st.data())
+    def release(self, data):
+        if self.lent or self.overflow:
+            src = data.draw(st.sampled_from([x for x in (self.lent, self.overflow) if x]))
+            self.pool.release(src.pop(data.draw(st.integers(0, len(src) - 1))))
+
+    @rule()
+    def trim(self):
+        in_use = self.pool.chunks_in_use
+        self.pool.trim()
+        assert self.pool.chunks_in_use == in_use
+        for c in self.lent:  # every lent chunk is still mapped and writable
+            c[:1] = b"y"
+
+    @invariant()
+    def bounds_hold(self):
+        s = self.pool.stats()
+        assert self.first <= s.chunks_total <= s.chunks_max
+        assert s.chunks_in_use == len(self.lent)
+        assert s.overflow_in_use == len(self.overflow)
+        assert s.chunks_free + s.chunks_in_use == s.chunks_total
+        assert len({id(c) for c in self.lent}) == len(self.lent)  # never lent twice
+
+
+PoolMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestPoolMachine = PoolMachine.TestCase
