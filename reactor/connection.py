@@ -174,7 +174,8 @@ class Connection(TimerEntry):
         self._rx: RingBuffer | None = None
         self._tx: RingBuffer | None = None
         self._rest: bytes | None = None  # a short partial frame kept between reads
-        self._out: bytes | None = None  # one write kept by reference until the flush
+        # One write kept by reference until the flush (bytes, or a view of the unsent rest)
+        self._out: bytes | memoryview | None = None
         self._opts = opts
         self._state = CONNECTING if connecting else OPEN
         self._pause = 0
@@ -307,7 +308,11 @@ class Connection(TimerEntry):
             self._flush_queued = True
             self._loop._flushq.append(self)
         opts = self._opts
-        if n > opts.high_water:
+        high = opts.high_water
+        share = self._loop._share
+        if share < high:  # many connections share the pool: each pauses sooner
+            high = share
+        if n > high:
             if n > opts.max_send_buffer:
                 # Try the kernel before giving up on the peer: a burst larger than
                 # the limit to a healthy reader is not a slow consumer.
@@ -320,7 +325,7 @@ class Connection(TimerEntry):
                               self.id, n, opts.max_send_buffer)
                     self.abort(CloseReason.SLOW_CONSUMER)
                     return False
-            if not self._over_high and n > opts.high_water:
+            if not self._over_high and n > high:
                 self._over_high = True
                 self._set_pause(P_BACKPRESSURE)
                 if opts.write_timeout_s > 0.0:  # the peer must now take bytes by then
@@ -345,9 +350,10 @@ class Connection(TimerEntry):
             except OSError as exc:
                 self._fail(exc)
                 return
-            if sent < len(out):  # the kernel is full: keep the rest in a ring
-                tx = self._tx = self._loop._take_ring()
-                tx.write(memoryview(out)[sent:])
+            if sent < len(out):
+                # The kernel is full: keep the rest by reference too (a view of the same
+                # immutable bytes: no copy, no chunk), until the OUT edge or a second write.
+                tx = self._out = (out if type(out) is memoryview else memoryview(out))[sent:]
             else:
                 tx = _EMPTY
         else:
@@ -386,12 +392,19 @@ class Connection(TimerEntry):
         if not tx and tx is not _EMPTY:
             self._tx = None
             self._loop._ring_free.append(tx)
-        if self._over_high and len(tx) <= self._opts.low_water:
+        if self._over_high and len(tx) <= self._low_water():
             self._over_high = False
             self._clear_pause(P_BACKPRESSURE)
             self._call("on_writable")
         if not tx and self._state == CLOSING:
             self._finish_close()
+
+    def _low_water(self) -> int:
+        """Where reading resumes: the low watermark, a quarter of the fair share if that is
+        lower (the high watermark follows the share too, in _queued)."""
+        low = self._opts.low_water
+        quarter = self._loop._share >> 2
+        return quarter if quarter < low else low
 
     # ---------------------------------------------------------------- reading
 
@@ -439,7 +452,7 @@ class Connection(TimerEntry):
             if ev & _WRITE_EVENTS and self._write_blocked and self._state <= CLOSING:
                 self._flush()
         elif st == CLOSING:
-            if ev & _WRITE_EVENTS and self._tx:
+            if ev & _WRITE_EVENTS and (self._tx or self._out is not None):
                 self._flush()
         elif st == LINGER:
             if ev & _READ_EVENTS:
@@ -517,11 +530,10 @@ class Connection(TimerEntry):
         One function on purpose: this is the per-event path, and calls are its cost.
         """
         loop = self._loop
-        if len(loop._pool_free) <= loop._read_keep and loop.pool.acquire(loop._read_keep) is None:
-            # Reads here take no chunk, but what they cause (replies) does: when the sends
-            # have drained the pool to its reserve, reading waits (counted as exhaustion).
-            self._starve()
-            return
+        # No pool check here: these reads take no chunk, and the replies they cause are
+        # bounded by the fair share (a read asks at most ``share`` bytes; a backlog over
+        # it pauses reading), so a connection that reads never waits on another's peer.
+        share = loop._share
         mv = loop._flat_mv
         while not self._pause and self._state == OPEN:
             rx = self._rx
@@ -548,6 +560,8 @@ class Connection(TimerEntry):
                 mv[:off] = rest
                 view = mv[off:]
             want = len(view)
+            if want > share:
+                want = share
             if self._drain_left >= 0 and want > self._drain_left:
                 want = self._drain_left
             try:
@@ -611,11 +625,8 @@ class Connection(TimerEntry):
         loop = self._loop
         rx = self._rx = loop._take_ring()
         rx.write(data)
-        probe = loop.pool.acquire(loop._read_keep)
-        if probe is None:
+        if len(rx) >= loop._share and loop.pool.is_low(loop._read_keep):
             self._starve()
-        else:
-            loop.pool.release(probe)
 
     def _read_once(self, rx: RingBuffer, recv_into: Any, keep: int) -> int:
         """One recv into ``rx`` and the delivery of what it completed.
@@ -623,10 +634,18 @@ class Connection(TimerEntry):
         Returns the bytes read, or -1 when reading must stop for now."""
         before = len(rx)
         view = rx.writable(keep)
+        loop = self._loop
+        share = loop._share
         if view is None:
-            self._starve()
-            return -1
+            # The pool is at its cap. Below its fair share a connection still reads (a
+            # heap chunk, counted as overflow); above it, it waits for chunks to come back.
+            if before >= share or rx is loop._scratch_ring:
+                self._starve()
+                return -1
+            view = rx.writable(keep, borrow=True)
         want = len(view)
+        if want > share:
+            want = share
         if self._drain_left >= 0 and want > self._drain_left:
             want = self._drain_left
         try:
@@ -644,7 +663,6 @@ class Connection(TimerEntry):
             self._peer_eof()
             return -1
         rx.commit(n)
-        loop = self._loop
         self.bytes_in += n
         loop._bytes_in += n
         # The idle timer is not touched here: it checks this stamp when it fires
@@ -861,7 +879,7 @@ class Connection(TimerEntry):
     def _close_expired(self) -> None:
         if self._state == CLOSING:
             log.debug("connection %s: close did not flush %d bytes in %g s", self.id,
-                      len(self._tx), self._opts.close_timeout_s)
+                      self.send_buffered, self._opts.close_timeout_s)
             self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
 
     def abort(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:

@@ -328,7 +328,7 @@ class Listener:
                     give_back()
             if self._closed:
                 return
-        loop._ready.append(self)  # budget spent; the queue may hold more (no new edge)
+        loop._accepting.append(self)  # budget spent; the queue may hold more (no new edge)
 
     def _take_ip_slot(self, fd: int, host: str) -> bool:
         """Count one more connection from ``host``, to be given back when it closes;

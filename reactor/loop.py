@@ -4,7 +4,9 @@ One iteration (``run_once``), in this order:
   1. poll the selector, sleeping until the timer wheel's next deadline at most
      (not at all if anything is ready);
   2. dispatch each event straight from fd to its object (connection, listener,
-     waker): no per-event key tuple, no callback-queue hop;
+     waker): no per-event key tuple, no callback-queue hop; every ``_ACCEPT_EVERY``
+     events, listeners whose accept budget ran out get another turn, so a loop
+     busy with thousands of flooding peers still accepts at its accept budget;
   3. serve the ready list made in the previous iteration (objects that stopped
      early -- budget, pause, pool -- and have work left without a new edge);
   4. run the call_soon callbacks that were queued when this step began;
@@ -12,6 +14,11 @@ One iteration (``run_once``), in this order:
   6. flush every connection that queued bytes this iteration: many small
      sends become one sendmsg (Redis's beforeSleep);
   7. wake connections the buffer pool refused, if chunks came back.
+
+Buffer memory is shared by a fair-share rule (``Loop._reshare``, docs/architecture.md):
+each connection may hold about ``share`` bytes, the pool's cap split over the open
+connections; what holds less than its share is never refused memory, so no
+connection waits on another's peer.
 Protocols, codecs and buffers live elsewhere; this file wires them together.
 """
 
@@ -32,7 +39,7 @@ from .connection import Connection, ConnectionOptions, _peer_str, _UncountedConn
 from .errors import CloseReason
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
-from .pool import BufferPool
+from .pool import BufferPool, fair_share
 from .ring import RingBuffer
 from .protocols import Codec, Handler
 from .selector import make_selector
@@ -44,6 +51,11 @@ __all__ = ["Loop", "Handle"]
 log = logging.getLogger("reactor")
 
 _SOON_BUDGET = 10_000
+_TRIM_EVERY_S = 1.0
+#: Events dispatched between two turns of a listener with connections still queued: one
+#: poll returns up to 1,024 events, and at 10,000 flooding peers an iteration takes tens
+#: of ms, too long to leave the accept queue (net.core.somaxconn) unserved.
+_ACCEPT_EVERY = 256  # how often a grown pool gives back arenas that are wholly free
 
 
 class Handle:
@@ -74,10 +86,11 @@ class Loop:
 
     ``selector``: ``"auto"`` (edge-triggered epoll where available), ``"edge"`` or
     ``"level"``. ``clock``: where time is read (tests pass a ``FakeClock``).
-    ``pool``: the buffer pool every connection's rings borrow from (default:
-    ``pool_chunks`` chunks of ``chunk_size`` bytes). ``read_budget``: bytes one
-    connection may read per turn before others are served. ``read_reserve``:
-    chunks kept back from reads for sends (default: 1/8 of the pool).
+    ``pool``: the buffer pool every connection's rings borrow from (default: an
+    elastic pool of ``chunk_size`` chunks, ``pool_chunks`` mapped at first, growing up
+    to ``pool_max_chunks``). ``read_budget``: bytes one connection may read per turn
+    before others are served. ``read_reserve``: chunks kept back from reads for sends
+    once the pool is at its cap (default: 1/8 of the cap).
     ``raise_fd_limit``: raise the soft RLIMIT_NOFILE to the hard limit now.
     """
 
@@ -89,6 +102,7 @@ class Loop:
         pool: BufferPool | None = None,
         chunk_size: int = 16 * 1024,
         pool_chunks: int = 4096,
+        pool_max_chunks: int = 65536,
         read_budget: int = 256 * 1024,
         read_reserve: int | None = None,
         tick_s: float = 0.001,
@@ -101,15 +115,19 @@ class Loop:
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._selector = make_selector(selector)
         self._edge = self._selector.edge_triggered
-        self.pool = pool if pool is not None else BufferPool(chunk_size, pool_chunks)
+        if pool is None:
+            pool = BufferPool(chunk_size, pool_chunks, max(pool_chunks, pool_max_chunks))
+        self.pool = pool
         if read_reserve is None:
-            read_reserve = self.pool.chunks_total // 8
-        if not 0 <= read_reserve < self.pool.chunks_total:
+            read_reserve = pool.chunks_max // 8
+        if not 0 <= read_reserve < pool.chunks_max:
             raise ValueError(
-                f"read_reserve must be in [0, {self.pool.chunks_total}), not {read_reserve}"
+                f"read_reserve must be in [0, {pool.chunks_max}), not {read_reserve}"
             )
         self._read_keep = read_reserve
-        self._pool_free = self.pool._free  # its free list, for a call-free "is the pool low?"
+        self._pool_free = pool._free  # its free list, for a call-free "is the pool low?"
+        self._pool_arenas = pool._arenas  # more than one: grown, trim() may give some back
+        self._trim_timer: Timer | None = None
         self._read_budget = read_budget
         self._wheel = TimerWheel(self._clock, tick_s=tick_s, on_error=self._timer_failed)
         # Who owns each registered fd, indexed by the fd: a list, not a dict, because fds
@@ -118,6 +136,7 @@ class Loop:
         # fd -> what to run when that connection closes (a listener's per-address count)
         self._on_forget: dict[int, Callable[[], None]] = {}
         self._ready: list[Any] = []
+        self._accepting: list[Listener] = []  # listeners whose accept budget ran out
         self._flushq: list[Connection] = []
         self._starved: list[Connection] = []
         self._soon: collections.deque[Handle] = collections.deque()
@@ -138,6 +157,8 @@ class Loop:
         self._sig_saved: dict[int, Any] = {}
         self._next_id = 0
         self._nconns = 0
+        self._share = 0  # bytes of buffer memory each connection may hold (_reshare)
+        self._reshare()
         self._accepted_total = 0
         self._closed_by_reason: dict[CloseReason, int] = dict.fromkeys(CloseReason, 0)
         self._bytes_in = 0
@@ -350,6 +371,7 @@ class Loop:
             return conn
         self._register(sock.fileno(), conn, writing=True)
         self._nconns += 1
+        self._reshare()
         self._wheel.rearm(conn, timeout_s)  # the connect timeout (Connection._fire)
         return conn
 
@@ -405,6 +427,7 @@ class Loop:
         if listener._counted:
             self._nconns += 1
             self._accepted_total += 1
+            self._reshare()
         conn._start_timers()
         conn._call("on_connect")
 
@@ -429,9 +452,28 @@ class Loop:
             return
         if obj._counted:
             self._nconns -= 1
+            self._reshare()
             self._count_close(obj._reason or CloseReason.LOCAL_CLOSE)
             if self._shutting_down and self._nconns == 0:
                 self.stop()
+
+    def _reshare(self) -> None:
+        """Recompute the fair share (``pool.fair_share``) for the connection count. A read
+        asks at most ``share`` bytes and a send backlog over ``min(high_water, share)``
+        pauses reading, so the connections together stay within the pool's cap; one that
+        holds less than its share is never refused memory (at the cap it borrows from the
+        heap, counted as overflow), so no connection waits on another's peer."""
+        self._share = fair_share(self.pool.max_bytes, self._nconns, self._read_budget)
+
+    @property
+    def buffer_share(self) -> int:
+        """The fair share of buffer memory per connection now, in bytes (see ``_reshare``)."""
+        return self._share
+
+    def _trim_pool(self) -> None:
+        self.pool.trim()
+        self._trim_timer = (self._wheel.call_later(_TRIM_EVERY_S, self._trim_pool)
+                            if len(self._pool_arenas) > 1 else None)
 
     def _count_close(self, reason: CloseReason) -> None:
         self._closed_by_reason[reason] += 1
@@ -458,7 +500,7 @@ class Loop:
         ready = self._ready
         if ready:
             self._ready = []
-        if ready or self._soon or self._flushq:
+        if ready or self._soon or self._flushq or self._accepting:
             wait: float | None = 0.0
         else:
             deadline = self._wheel.next_deadline()
@@ -473,10 +515,21 @@ class Loop:
         events = self._selector.poll(wait)
         self._now = self._clock.now()  # one clock read per iteration, for cheap timestamps
         fdmap = self._fdmap
-        for fd, ev in events:
-            obj = fdmap[fd]  # epoll reports only registered fds, all below len(fdmap)
-            if obj is not None:
-                obj._on_events(ev)
+        if len(events) <= _ACCEPT_EVERY:
+            for fd, ev in events:
+                obj = fdmap[fd]  # epoll reports only registered fds, all below len(fdmap)
+                if obj is not None:
+                    obj._on_events(ev)
+        else:
+            for i in range(0, len(events), _ACCEPT_EVERY):
+                for fd, ev in events[i:i + _ACCEPT_EVERY]:
+                    obj = fdmap[fd]
+                    if obj is not None:
+                        obj._on_events(ev)
+                if self._accepting:
+                    self._serve_accepting()
+        if self._accepting:
+            self._serve_accepting()
         for obj in ready:
             obj._on_ready()
         if self._soon:
@@ -488,13 +541,21 @@ class Loop:
             for conn in flushq:
                 if conn._flush_queued:
                     conn._flush()
-        if self._starved and self.pool.chunks_free > self._read_keep:
+        if self._starved and not self.pool.is_low(self._read_keep):
             starved = self._starved
             self._starved = []
             for conn in starved:
                 conn._unstarve()
+        if self._trim_timer is None and len(self._pool_arenas) > 1:
+            self._trim_timer = self._wheel.call_later(_TRIM_EVERY_S, self._trim_pool)
         self._iterations += 1
         self._events += len(events)
+
+    def _serve_accepting(self) -> None:
+        accepting = self._accepting
+        self._accepting = []
+        for listener in accepting:
+            listener._on_ready()
 
     def _run_soon(self) -> None:
         soon = self._soon

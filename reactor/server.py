@@ -53,7 +53,8 @@ class ServerConfig:
     stats_socket: str | None = None
     options: ConnectionOptions = dataclasses.field(default_factory=ConnectionOptions)
     chunk_size: int = 16 * 1024
-    pool_chunks: int = 4096
+    pool_chunks: int = 4096  #: chunks mapped at start (the pool's first arena)
+    max_buffer_bytes: int = 1 << 30  #: the pool's cap, per worker (Loop pool_max_chunks)
 
 
 def format_address(addr: Any) -> str:
@@ -120,7 +121,9 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
                codec_factory: Callable[[], Codec], sock: socket.socket, *,
                stats: bool, worker: int | None = None,
                on_ready: Callable[[], None] | None = None) -> int:
-    loop = Loop(chunk_size=config.chunk_size, pool_chunks=config.pool_chunks)
+    max_chunks = max(1, config.max_buffer_bytes // config.chunk_size)
+    loop = Loop(chunk_size=config.chunk_size, pool_chunks=min(config.pool_chunks, max_chunks),
+                pool_max_chunks=max_chunks)
     try:
         loop.listen(sock.getsockname(), handler_factory, codec_factory, sock=sock,
                     backlog=config.backlog, max_conns=config.max_conns,

@@ -20,7 +20,9 @@ import tempfile
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable
 
+from .connection import P_BACKPRESSURE, P_STARVED, P_USER
 from .errors import CloseReason, FrameTooLong
+from .pool import PoolStats
 from .protocols import Handler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,7 +43,8 @@ STATS_VERSION = 1
 TOP_N = 10
 _MAX_DOC_BYTES = 16 << 20  # a stats reply larger than this is garbage, not a document
 #: Counters whose per-second rates the document carries (since the previous request).
-_RATED = ("iterations", "events", "accepted", "closed_total", "bytes_in", "bytes_out")
+_RATED = ("iterations", "events", "accepted", "closed_total", "bytes_in", "bytes_out",
+          "pool_refused")
 
 
 class StatsError(Exception):
@@ -52,11 +55,16 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
     """A JSON-ready dict of the loop's internals (the schema is in docs/fd-stats.md)."""
     now = loop.time()
     conns = loop.connections()
-    rx = tx = paused = 0
+    rx = tx = paused = by_user = by_backpressure = by_starved = 0
     for c in conns:
         rx += c.recv_buffered
         tx += c.send_buffered
-        paused += c.paused
+        if c.paused:
+            paused += 1
+            why = c._pause
+            by_user += why & P_USER != 0
+            by_backpressure += why & P_BACKPRESSURE != 0
+            by_starved += why & P_STARVED != 0
     top = sorted(conns, key=lambda c: c.recv_buffered + c.send_buffered, reverse=True)[:TOP_N]
     closed = {r.value: n for r, n in loop._closed_by_reason.items()}
     wheel = loop._wheel.stats()
@@ -68,7 +76,10 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "closed_total": sum(closed.values()),
         "bytes_in": loop._bytes_in,
         "bytes_out": loop._bytes_out,
+        "pool_refused": loop.pool.stats().exhausted_total,
     }
+    rates = _rates(loop, now, counters)
+    pool = loop.pool.stats()
     doc: dict[str, Any] = {
         "version": STATS_VERSION,
         "pid": os.getpid(),
@@ -79,7 +90,7 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "connections": loop.connection_count,
         **counters,
         "closed": closed,
-        **_rates(loop, now, counters),
+        **rates,
         "paused_reading": paused,
         "broadcast_skipped": loop._broadcast_skipped,
         "per_ip_rejections": sum(lst.per_ip_rejected_total for lst in listeners),
@@ -89,7 +100,10 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "slow_consumer_closes": closed["slow_consumer"],
         "rx_bytes": rx,
         "tx_bytes": tx,
-        "chunks": asdict(loop.pool.stats()),
+        "chunks": asdict(pool),
+        "pool": _pool_doc(pool, counters, rates),
+        "paused": {"user": by_user, "backpressure": by_backpressure, "starved": by_starved},
+        "memory_bound": memory_bound(loop),
         "timers": {"entries": wheel.timers, "expired": wheel.fired_total,
                    "scheduled": wheel.scheduled_total, "cancelled": wheel.cancelled_total},
         "lag": {"p50_s": wheel.lag_p50_s, "p99_s": wheel.lag_p99_s},
@@ -98,6 +112,38 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "top": [c._snapshot(now) for c in top if c.recv_buffered + c.send_buffered],
     }
     return doc
+
+
+def _pool_doc(pool: PoolStats, counters: dict[str, int], rates: dict[str, float]
+              ) -> dict[str, Any]:
+    return {
+        "chunk_size": pool.chunk_size,
+        "chunks_capacity": pool.chunks_total,
+        "chunks_max": pool.chunks_max,
+        "chunks_in_use": pool.chunks_in_use,
+        "chunks_free": pool.chunks_free,
+        "high_water": pool.high_water,
+        "grows": pool.grows_total,
+        "shrinks": pool.shrinks_total,
+        "refused": counters["pool_refused"],
+        "refused_per_s": rates["pool_refused_per_s"],
+        "overflow_in_use": pool.overflow_in_use,
+        "overflow_total": pool.overflow_total,
+        "capacity_bytes": pool.chunks_total * pool.chunk_size,
+        "max_bytes": pool.chunks_max * pool.chunk_size,
+    }
+
+
+def memory_bound(loop: Loop) -> dict[str, int]:
+    """The fair share of buffer memory now and the bounds it gives (docs/architecture.md):
+    a connection's buffered bytes stay within two shares (a send backlog up to its share,
+    then one read's reply), all of them within the pool's cap, or two minimum shares a
+    connection when there are more connections than the cap can give that to. A partial
+    frame is bounded by its codec's maximum, and one backlog by ``max_send_buffer``."""
+    share = loop.buffer_share
+    n = loop.connection_count
+    return {"share_bytes": share, "per_connection_bytes": 2 * share,
+            "total_bytes": max(loop.pool.max_bytes, 2 * share * n)}
 
 
 def _rates(loop: Loop, now: float, counters: dict[str, int]) -> dict[str, float]:
@@ -144,6 +190,7 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
 _SUMMED = ("connections", "iterations", "events", "accepted", "closed_total", "bytes_in",
            "bytes_out", "paused_reading", "broadcast_skipped", "per_ip_rejections",
            "accept_pauses", "line_timeouts", "slow_consumer_closes", "rx_bytes", "tx_bytes",
+           "pool_refused",
            *(f"{k}_per_s" for k in _RATED))
 
 
@@ -153,6 +200,9 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {k: 0 for k in _SUMMED}
     closed: dict[str, int] = {}
     chunks: dict[str, int] = {}
+    pool: dict[str, int] = {}
+    paused: dict[str, int] = {}
+    bound: dict[str, int] = {}
     timers: dict[str, int] = {}
     lag = {"p50_s": 0.0, "p99_s": 0.0}
     listeners: list[Any] = []
@@ -161,7 +211,8 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
         for k in _SUMMED:
             total[k] += d.get(k, 0)
         for src, dst in ((d.get("closed", {}), closed), (d.get("chunks", {}), chunks),
-                         (d.get("timers", {}), timers)):
+                         (d.get("timers", {}), timers), (d.get("pool", {}), pool),
+                         (d.get("paused", {}), paused), (d.get("memory_bound", {}), bound)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
         for k in lag:
@@ -172,7 +223,19 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
         if k.endswith("_per_s"):
             total[k] = round(total[k], 1)
     top.sort(key=lambda c: c.get("rx_bytes", 0) + c.get("tx_bytes", 0), reverse=True)
-    return {**total, "closed": closed, "chunks": chunks, "timers": timers, "lag": lag,
+    # Per-worker sizes are not sums: every worker has the same chunk size and its own share.
+    for per_worker in ("chunk_size",):
+        for src in (chunks, pool):
+            if per_worker in src and docs:
+                src[per_worker] = docs[0].get("chunks", {}).get(per_worker, 0)
+    if "refused_per_s" in pool:
+        pool["refused_per_s"] = round(pool["refused_per_s"], 1)
+    if docs and bound:
+        bound["share_bytes"] = min(d.get("memory_bound", {}).get("share_bytes", 0)
+                                   for d in docs)
+        bound["per_connection_bytes"] = 2 * bound["share_bytes"]
+    return {**total, "closed": closed, "chunks": chunks, "pool": pool, "paused": paused,
+            "memory_bound": bound, "timers": timers, "lag": lag,
             "listeners": listeners, "top": top[:TOP_N]}
 
 

@@ -30,6 +30,10 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None
         return int(exc.code or 0)
 
 
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def number(kind: Callable[[str], Any], minimum: float, *, strict: bool = False,
            maximum: float | None = None, what: str = "number") -> Callable[[str], Any]:
     """An argparse type: ``kind(text)`` that is >= minimum (> with ``strict``), <= maximum."""
@@ -42,10 +46,10 @@ def number(kind: Callable[[str], Any], minimum: float, *, strict: bool = False,
         if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"must be a finite {what}, not {text}")
         if value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, "
-                                             f"not {text}")
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} "
+                                             f"{_fmt(minimum)}, not {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be <= {_fmt(maximum)}, not {text}")
         return value
 
     return convert

@@ -29,6 +29,8 @@ _seconds = number(float, 0, what="number of seconds")
 _port = number(int, 0, maximum=65535, what="port")
 _DEFAULTS = ConnectionOptions()
 _MAX_SEND = _DEFAULTS.max_send_buffer  # 4 MiB
+_MAX_BUFFER_MEMORY = 1 << 30  # 1 GiB: the pool's cap, split into fair shares
+_buffer_memory = number(int, 1 << 20, what="number of bytes")
 
 
 def _level(text: str) -> str:
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-send-buffer", type=_at_least_one, default=_MAX_SEND, metavar="BYTES",
                    help="bytes queued for one peer above which it is closed as a slow "
                         f"consumer (default {_MAX_SEND}, 4 MiB)")
+    p.add_argument("--max-buffer-memory", type=_buffer_memory, default=_MAX_BUFFER_MEMORY,
+                   metavar="BYTES",
+                   help="cap of the buffer pool per worker, shared fairly by the "
+                        f"connections (default {_MAX_BUFFER_MEMORY}, 1 GiB; mapped as used)")
     p.add_argument("--write-timeout", type=_seconds, default=10.0, metavar="SEC",
                    help="a peer that is sent more than it reads and takes no byte for SEC "
                         "seconds is closed as a slow consumer; 0 = off (default 10)")
@@ -107,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_timeout_s=args.drain_timeout,
         stats_socket=args.stats_socket,
         options=_options(args),
+        max_buffer_bytes=args.max_buffer_memory,
     )
     try:
         sockets = bind_sockets(address, args.workers, args.backlog)

@@ -16,6 +16,7 @@ from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import (BufferPool, CloseReason, Connection, FakeClock, Handler, Loop,
                      broadcast)
+from reactor.pool import MIN_SHARE
 from tests.conftest import wait_for
 
 MODES = ["edge", "level"]
@@ -324,27 +325,38 @@ def test_idle_timeout_and_heartbeat_follow_the_fake_clock(mode):
         loop.close()
 
 
-def test_pool_exhaustion_is_backpressure_then_recovery_without_loss(mode):
-    class SmallKernelBuffers(LineEchoHandler):
+def test_a_pool_smaller_than_the_shares_is_backpressure_bounded_then_recovery(mode):
+    class SmallKernelBuffers(Handler):
+        """Per line (send() encodes into the send ring), so the backlog is in pool chunks."""
+
         def on_connect(self, conn):  # so the replies back up into the rings, not the kernel
             conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
-    pool = BufferPool(chunk_size=1024, chunks=16)
+        def on_message(self, conn, line):
+            conn.send(line)
+
+    pool = BufferPool(chunk_size=1024, chunks=16)  # 16 KiB in all, fixed: far below 8 shares
     loop = Loop(selector=mode, pool=pool, read_reserve=4, read_budget=64 * 1024)
     try:
         addr = serve(loop, SmallKernelBuffers(), max_line=512, high_water=4096, low_water=1024)
         clients = [client(addr) for _ in range(8)]
-        payloads = [b"".join(b"c%d-%06d\n" % (i, n) for n in range(100000)) for i in range(8)]
+        payloads = [b"".join(b"c%d-%06d\n" % (i, n) for n in range(20000)) for i in range(8)]
         writers = [threading.Thread(target=c.sendall, args=(p,)) for c, p in zip(clients, payloads)]
         for t in writers:
             t.start()
-        # Nobody reads yet: the replies pile up past the pool, which must turn into
-        # backpressure (reads refused), not into unbounded memory or a crash.
-        run_until(loop, lambda: pool.stats().exhausted_total > 0, what="the pool runs dry")
-        # At the moment the pool first runs dry some connections have not yet tried to
-        # read again; with nothing drained, every one of them must end up refusing reads.
-        run_until(loop, lambda: all(not c.reading for c in loop.connections()),
+        # Nobody reads yet: the replies pile up, which must turn into backpressure on
+        # every connection, each within its fair share (heap chunks past the pool's cap),
+        # not into unbounded memory or a crash.
+        run_until(loop, lambda: len(loop.connections()) == 8
+                  and all(not c.reading for c in loop.connections()),
                   what="every connection stops reading")
+        share = loop.buffer_share
+        assert share == MIN_SHARE
+        for c in loop.connections():  # the backlog that paused it, plus one read's reply
+            assert c.send_buffered <= 2 * share, (c.send_buffered, share)
+        s = pool.stats()
+        assert s.chunks_in_use == 16 and s.overflow_in_use > 0  # the pool ran dry
+        assert (s.chunks_in_use + s.overflow_in_use) * 1024 <= 8 * (2 * share + 1024)
         got = [bytearray() for _ in clients]
         readers = []
         for c, p, g in zip(clients, payloads, got):
