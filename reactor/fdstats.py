@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from .procview import NoPermission, ProcessGone, ProcessSampler
+from .procview import CPU_INTERVAL_S, NoPermission, ProcessGone, ProcessSampler
 from .stats import StatsError, advertised_path, read_stats
 
 __all__ = ["FDSTATS_VERSION", "Watcher", "render", "ProcessGone", "NoPermission", "StatsError"]
@@ -27,11 +27,16 @@ _RATE_KEYS = (("accepted", "accepts_per_s"), ("closed_total", "closes_per_s"),
 
 class Watcher:
     """Samples one PID. Raises ProcessGone / NoPermission at construction, and
-    StatsError when an explicitly given stats socket cannot be read."""
+    StatsError when an explicitly given stats socket cannot be read.
 
-    def __init__(self, pid: int, stats_socket: str | None = None) -> None:
+    ``cpu_interval_s``: the shortest interval the process's ``cpu_percent`` is measured over
+    (``ProcessSampler``); a sample taken sooner after the previous one (or after construction)
+    waits out the rest."""
+
+    def __init__(self, pid: int, stats_socket: str | None = None,
+                 cpu_interval_s: float = CPU_INTERVAL_S) -> None:
         self.pid = pid
-        self.process = ProcessSampler(pid)
+        self.process = ProcessSampler(pid, cpu_interval_s)
         self.explicit = stats_socket is not None
         self.stats_socket = stats_socket
         if stats_socket is None:
@@ -98,6 +103,15 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def _opt(v: Any, fmt: Any = str) -> str:
+    """A figure the document may lack: ``-`` for None."""
+    return "-" if v is None else fmt(v)
+
+
+def _secs(v: float) -> str:
+    return f"{v:.2f} s"
+
+
 def _dur(s: float) -> str:
     s = int(s)
     if s < 60:
@@ -121,7 +135,8 @@ def render(sample: dict[str, Any]) -> str:
         ("fd-stats", f"pid {p['pid']}  {p['cmdline'] or p['name']}  {when}"),
         ("process", f"rss {_size(p['rss_bytes'])} ({'+' if p['rss_growth_bytes'] >= 0 else '-'}"
                     f"{_size(abs(p['rss_growth_bytes']))} since first sample)  "
-                    f"cpu {p['cpu_percent']:.1f} %  threads {p['threads']}"),
+                    f"cpu {p['cpu_percent']:.1f} % over {_opt(p.get('cpu_interval_s'), _secs)}  "
+                    f"threads {p['threads']}"),
         ("fds", f"{fds['total']} open of {lim['soft']} soft / {lim['hard']} hard  "
                 f"({lim['used_pct']:.1f} % used, headroom {lim['headroom']})"),
         ("  by kind", "  ".join(f"{k} {v}" for k, v in fds.items() if k != "total")),

@@ -218,7 +218,8 @@ SCHEMA = {
         "tcp_states": dict, "unowned": dict, "listening": list,
         "rlimit_nofile": {"soft": int, "hard": int, "used": int, "headroom": int,
                           "used_pct": (int, float), "warning": bool},
-        "rss_bytes": int, "rss_growth_bytes": int, "cpu_percent": (int, float), "threads": int,
+        "rss_bytes": int, "rss_growth_bytes": int, "cpu_percent": (int, float),
+        "cpu_interval_s": (int, float), "threads": int,
     },
     "reactor": {
         "version": int, "pid": int, "role": str, "selector": str, "edge_triggered": bool,
