@@ -141,13 +141,10 @@ class ProcessSampler:
         when each was read (an fd closed in between is skipped). ``cpu_percent`` is the CPU the
         process used over the last ``cpu_interval_s`` seconds, since the previous sample (the
         first: since the constructor); if fewer than the constructor's ``cpu_interval_s`` have
-        passed since then, this call first sleeps out the rest. Raises ``ProcessGone`` if the
+        passed since then once the fds are read, this call sleeps out the rest. Raises ``ProcessGone`` if the
         process exited before or during the sample, and ``NoPermission`` if it became unreadable
         (e.g. it changed uid).
         """
-        wait_s = self._prev_cpu[0] + self._cpu_interval_s - time.monotonic()
-        if wait_s > 0:
-            time.sleep(wait_s)
         now = time.time()
         self._alive()
         try:
@@ -160,6 +157,10 @@ class ProcessSampler:
             self._alive()               # raises ProcessGone, which is the likely cause
             raise
         view = _classify(self._pid, targets, inet, unix)
+        # The time spent reading counts towards the CPU interval; sleep out only what is left.
+        wait_s = self._prev_cpu[0] + self._cpu_interval_s - time.monotonic()
+        if wait_s > 0:
+            time.sleep(wait_s)
         # Read the process's figures last: if it exited while we read, the listing is not its.
         after = self._usage()
         mono = time.monotonic()
