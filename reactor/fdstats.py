@@ -13,25 +13,36 @@ import os
 import time
 from typing import Any
 
-from .procview import NoPermission, ProcessGone, ProcessSampler
+from .procview import CPU_INTERVAL_S, NoPermission, ProcessGone, ProcessSampler
 from .stats import StatsError, advertised_path, read_stats
 
-__all__ = ["FDSTATS_VERSION", "Watcher", "render", "ProcessGone", "NoPermission", "StatsError"]
+__all__ = ["FDSTATS_VERSION", "Watcher", "render", "pool_view", "ProcessGone", "NoPermission",
+           "StatsError"]
 
 #: Version of fd-stats' JSON sample schema.
 FDSTATS_VERSION = 1
 _RATE_KEYS = (("accepted", "accepts_per_s"), ("closed_total", "closes_per_s"),
               ("bytes_in", "bytes_in_per_s"), ("bytes_out", "bytes_out_per_s"),
               ("events", "events_per_s"), ("iterations", "iterations_per_s"))
+#: The buffer pool's figures in a stats document's "pool" object (docs/fd-stats.md).
+POOL_KEYS = ("chunk_size", "chunks_capacity", "chunks_max", "chunks_in_use", "chunks_free",
+             "high_water", "grows", "shrinks", "refused", "refused_per_s", "overflow_in_use",
+             "overflow_total", "capacity_bytes", "max_bytes")
+PAUSE_CAUSES = ("user", "backpressure", "starved")
 
 
 class Watcher:
     """Samples one PID. Raises ProcessGone / NoPermission at construction, and
-    StatsError when an explicitly given stats socket cannot be read."""
+    StatsError when an explicitly given stats socket cannot be read.
 
-    def __init__(self, pid: int, stats_socket: str | None = None) -> None:
+    ``cpu_interval_s``: the shortest interval the process's ``cpu_percent`` is measured over
+    (``ProcessSampler``); a sample taken sooner after the previous one (or after construction)
+    waits out the rest."""
+
+    def __init__(self, pid: int, stats_socket: str | None = None,
+                 cpu_interval_s: float = CPU_INTERVAL_S) -> None:
         self.pid = pid
-        self.process = ProcessSampler(pid)
+        self.process = ProcessSampler(pid, cpu_interval_s)
         self.explicit = stats_socket is not None
         self.stats_socket = stats_socket
         if stats_socket is None:
@@ -63,12 +74,17 @@ class Watcher:
         now = time.monotonic()
         rates = None
         if reactor is not None:
+            refused = pool_view(reactor)["refused"]
             if self._prev is not None and now > self._prev[0]:
                 span = now - self._prev[0]
                 rates = {name: round((reactor.get(k, 0) - self._prev[1].get(k, 0)) / span, 1)
                          for k, name in _RATE_KEYS}
+                before = pool_view(self._prev[1])["refused"]
+                rates["pool_refused_per_s"] = (None if refused is None or before is None
+                                               else round((refused - before) / span, 1))
             else:  # first sample: the reactor's own rates since its previous request
                 rates = {name: reactor.get(f"{k}_per_s", 0.0) for k, name in _RATE_KEYS}
+                rates["pool_refused_per_s"] = pool_view(reactor)["refused_per_s"]
             self._prev = (now, reactor)
         return {
             "version": FDSTATS_VERSION,
@@ -79,6 +95,24 @@ class Watcher:
             "reactor": reactor,
             "rates": rates,
         }
+
+
+def pool_view(r: dict[str, Any]) -> dict[str, Any]:
+    """The buffer pool's figures of a stats document, keyed by ``POOL_KEYS``; None where absent.
+
+    From ``r["pool"]``; a document from before it (a fixed arena, only ``r["chunks"]``) gives
+    the figures it has: its ``chunks_total`` is the capacity and ``exhausted_total`` counts the
+    same refused acquires as ``refused``; the cap, grows, shrinks and byte sizes stay None.
+    """
+    pool = r.get("pool")
+    if not isinstance(pool, dict):
+        chunks = r.get("chunks")
+        chunks = chunks if isinstance(chunks, dict) else {}
+        pool = {k: chunks.get(k) for k in ("chunk_size", "chunks_in_use", "chunks_free",
+                                            "high_water", "overflow_in_use", "overflow_total")}
+        pool.update(chunks_capacity=chunks.get("chunks_total"),
+                    refused=chunks.get("exhausted_total"))
+    return {k: pool.get(k) for k in POOL_KEYS}
 
 
 def _owner_uid(pid: int) -> int:
@@ -96,6 +130,23 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _opt(v: Any, fmt: Any = str) -> str:
+    """A figure the document may lack: ``-`` for None."""
+    return "-" if v is None else fmt(v)
+
+
+def _secs(v: float) -> str:
+    return f"{v:.2f} s"
+
+
+def _opt_size(v: Any) -> str:
+    return _opt(v, _size)
+
+
+def _opt_rate(v: Any) -> str:
+    return _opt(v, lambda x: f"{x:g}")
 
 
 def _dur(s: float) -> str:
@@ -121,7 +172,8 @@ def render(sample: dict[str, Any]) -> str:
         ("fd-stats", f"pid {p['pid']}  {p['cmdline'] or p['name']}  {when}"),
         ("process", f"rss {_size(p['rss_bytes'])} ({'+' if p['rss_growth_bytes'] >= 0 else '-'}"
                     f"{_size(abs(p['rss_growth_bytes']))} since first sample)  "
-                    f"cpu {p['cpu_percent']:.1f} %  threads {p['threads']}"),
+                    f"cpu {p['cpu_percent']:.1f} % over {_opt(p.get('cpu_interval_s'), _secs)}  "
+                    f"threads {p['threads']}"),
         ("fds", f"{fds['total']} open of {lim['soft']} soft / {lim['hard']} hard  "
                 f"({lim['used_pct']:.1f} % used, headroom {lim['headroom']})"),
         ("  by kind", "  ".join(f"{k} {v}" for k, v in fds.items() if k != "total")),
@@ -137,11 +189,15 @@ def render(sample: dict[str, Any]) -> str:
             if "error" in w:
                 rows.append((f"  worker {w['index']}", f"pid {w['pid']}: {w['error']}"))
             else:
+                wp = pool_view(w)
                 rows.append((f"  worker {w['index']}",
                              f"pid {w['pid']}  connections {w.get('connections', 0)}  "
                              f"accepted {w.get('accepted', 0)}  in {_size(w.get('bytes_in', 0))}  "
                              f"out {_size(w.get('bytes_out', 0))}  lag p99 "
-                             f"{w.get('lag', {}).get('p99_s', 0) * 1000:.1f} ms"))
+                             f"{w.get('lag', {}).get('p99_s', 0) * 1000:.1f} ms  "
+                             f"pool {_opt(wp['chunks_in_use'])} in use of "
+                             f"{_opt(wp['chunks_capacity'])}  refused {_opt(wp['refused'])}  "
+                             f"paused {_opt(w.get('paused_reading'))}"))
     else:
         rows.append(("reactor", "no stats socket (not a reactor process, or not advertised: "
                                 "pass --stats-socket PATH)"))
@@ -161,7 +217,7 @@ def _limit(r: dict[str, Any], key: str, unit: str = "") -> str:
 
 
 def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str, str]]:
-    ch, tm, lag = r.get("chunks", {}), r.get("timers", {}), r.get("lag", {})
+    tm, lag = r.get("timers", {}), r.get("lag", {})
     rows = [
         ("reactor", f"{r.get('role', 'worker')}  {r.get('selector', '')}  "
                     f"up {_dur(r.get('uptime_s', 0))}  connections {r.get('connections', 0)}  "
@@ -173,10 +229,9 @@ def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str,
                     f"events/s {rates.get('events_per_s', 0):g}  "
                     f"iterations/s {rates.get('iterations_per_s', 0):g}"),
         ("  closed", _pairs(r.get("closed", {}))),
-        ("  pool", f"chunks {ch.get('chunks_in_use', 0)} in use / {ch.get('chunks_free', 0)} free "
-                   f"of {ch.get('chunk_size', 0)} B (high water {ch.get('high_water', 0)})  "
-                   f"exhausted {ch.get('exhausted_total', 0)}  "
-                   f"overflow {ch.get('overflow_in_use', 0)}"),
+        _pool_row(pool_view(r), rates),
+        _paused_row(r),
+        _memory_row(r),
         ("  limits", f"per ip {_limit(r, 'max_conns_per_ip')}  "
                      f"per_ip_rejections {r.get('per_ip_rejections', 0)}  "
                      f"accept rate {_limit(r, 'accept_rate', '/s')}  "
@@ -187,7 +242,6 @@ def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str,
                      f"write timeout {_limit(r, 'write_timeout_s', ' s')}  "
                      f"slow_consumer_closes {r.get('slow_consumer_closes', 0)}"),
         ("  buffers", f"rx {_size(r.get('rx_bytes', 0))}  tx {_size(r.get('tx_bytes', 0))}  "
-                      f"paused {r.get('paused_reading', 0)}  "
                       f"broadcast skipped {r.get('broadcast_skipped', 0)}"),
         ("  timers", f"{tm.get('entries', 0)} entries  expired {tm.get('expired', 0)}  "
                      f"lag p50 {lag.get('p50_s', 0) * 1000:.1f} ms  "
@@ -203,3 +257,33 @@ def _reactor_rows(r: dict[str, Any], rates: dict[str, float]) -> list[tuple[str,
                              f"{_size(c.get('tx_bytes', 0)):>10}{_dur(c.get('age_s', 0)):>8}"
                              f"{c.get('idle_s', 0):>7.1f}s"))
     return rows
+
+
+def _pool_row(p: dict[str, Any], rates: dict[str, Any]) -> tuple[str, str]:
+    """Chunks mapped now / the cap, what is lent, how the pool moved, and refused acquires."""
+    return ("  pool", f"capacity {_opt(p['chunks_capacity'])} / {_opt(p['chunks_max'])} chunks "
+                      f"of {_opt(p['chunk_size'])} B ({_opt_size(p['capacity_bytes'])} / "
+                      f"{_opt_size(p['max_bytes'])})  in use {_opt(p['chunks_in_use'])}  "
+                      f"free {_opt(p['chunks_free'])}  high water {_opt(p['high_water'])}  "
+                      f"grows {_opt(p['grows'])}  shrinks {_opt(p['shrinks'])}  "
+                      f"refused {_opt(p['refused'])}  "
+                      f"refused/s {_opt_rate(rates.get('pool_refused_per_s'))}  "
+                      f"overflow {_opt(p['overflow_in_use'])} ({_opt(p['overflow_total'])} total)")
+
+
+def _paused_row(r: dict[str, Any]) -> tuple[str, str]:
+    """Open connections paused reading, by cause (one can have several), and in all."""
+    paused = r.get("paused")
+    paused = paused if isinstance(paused, dict) else {}
+    causes = "  ".join(f"{c} {_opt(paused.get(c))}" for c in PAUSE_CAUSES)
+    return ("  paused", f"{causes}  (reading paused {_opt(r.get('paused_reading'))} "
+                        f"of {_opt(r.get('connections'))} connections)")
+
+
+def _memory_row(r: dict[str, Any]) -> tuple[str, str]:
+    """The fair share of buffer memory per connection now, and the stated bounds."""
+    m = r.get("memory_bound")
+    m = m if isinstance(m, dict) else {}
+    return ("  memory", f"share {_opt_size(m.get('share_bytes'))} per connection now  "
+                        f"bound {_opt_size(m.get('per_connection_bytes'))} per connection, "
+                        f"{_opt_size(m.get('total_bytes'))} total")

@@ -2,7 +2,7 @@
 
 ``ProcessSampler(pid).sample()`` returns a JSON-ready dict: fds by kind, TCP states, the ownerless
 TIME_WAIT/SYN_RECV entries on the process's addresses, its listeners, RLIMIT_NOFILE headroom, RSS and
-CPU. It is the library behind ``fd-stats PID``; the reactor core never imports it. The process-level
+CPU over the interval since the previous sample. It is the library behind ``fd-stats PID``; the reactor core never imports it. The process-level
 figures come from psutil (name, cmdline, status, create time, CPU times, threads, RSS, RLIMIT_NOFILE);
 the fds and sockets are read from /proc directly: /proc/PID/fd once per fd, each /proc/PID/net table
 once per sample. psutil's ``net_connections("all")`` is not used: on 10,030 fds (5,000 TCP pairs)
@@ -44,7 +44,7 @@ from typing import Iterator
 
 import psutil
 
-__all__ = ["NoPermission", "ProcessGone", "ProcessSampler", "TCP_STATES"]
+__all__ = ["CPU_INTERVAL_S", "NoPermission", "ProcessGone", "ProcessSampler", "TCP_STATES"]
 
 #: TCP state names in kernel order: /proc/net/tcp's ``st`` 0x01 .. 0x0B (``ss`` spells them with dashes).
 TCP_STATES = (
@@ -62,6 +62,8 @@ _SO_ACCEPTCON = 0x10000        # unix table Flags bit: the socket is listening
 _UNIX_STREAM_TYPES = ("0001", "0005")   # SOCK_STREAM, SOCK_SEQPACKET: the types that can listen
 _CMDLINE_MAX_CHARS = 200
 _WARN_PCT = 80.0               # "warning" above this share of the soft limit: close to EMFILE
+#: The shortest interval a sample's cpu_percent is measured over, by default (see ProcessSampler).
+CPU_INTERVAL_S = 0.25
 # psutil's create_time() is start ticks since boot plus the boot time; half a tick tells two apart.
 _SAME_START_S = 0.5 / os.sysconf("SC_CLK_TCK")
 
@@ -92,13 +94,21 @@ class ProcessSampler:
     The constructor raises ``ProcessGone`` if there is no live process with this PID and
     ``NoPermission`` if its fds cannot be read; ``ValueError``/``TypeError`` for a PID that is not a
     positive int. A sampler never holds an fd between samples.
+
+    ``cpu_interval_s`` is the shortest interval a sample's ``cpu_percent`` is measured over: the
+    constructor takes the first CPU reading, and a ``sample()`` called sooner than that after the
+    previous reading sleeps out the rest, so even a single sample reports the CPU used over an
+    interval, never an average over the process's life (which hides a stall or a spin).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, cpu_interval_s: float = CPU_INTERVAL_S) -> None:
         if isinstance(pid, bool) or not isinstance(pid, int):
             raise TypeError(f"pid must be an int, got {pid!r}")
         if pid <= 0:
             raise ValueError(f"pid must be positive, got {pid}")
+        if not cpu_interval_s >= 0:
+            raise ValueError(f"cpu_interval_s must be >= 0, got {cpu_interval_s!r}")
+        self._cpu_interval_s = float(cpu_interval_s)
         self._pid = pid
         self._name = "?"
         with self._psutil_errors():
@@ -113,7 +123,8 @@ class ProcessSampler:
             raise ProcessGone(f"process {pid} ({self._name}) has exited and not been reaped (zombie)")
         self._check_readable()
         self._first_rss_bytes: int | None = None
-        self._prev_cpu: tuple[float, float] | None = None    # (monotonic s, CPU s) of the last sample
+        # (monotonic s, CPU s) of the last CPU reading: this one is the first sample's baseline.
+        self._prev_cpu: tuple[float, float] = self._cpu_reading()
 
     @property
     def pid(self) -> int:
@@ -125,10 +136,14 @@ class ProcessSampler:
 
         Keys are a contract (see the module docstring and the fd-stats docs): ``pid``, ``name``,
         ``cmdline``, ``time``, ``fds``, ``tcp_states``, ``unowned``, ``listening``, ``rlimit_nofile``,
-        ``rss_bytes``, ``rss_growth_bytes``, ``cpu_percent``, ``threads``. ``fds`` sums to its
-        ``total``: the fds that existed both when /proc/PID/fd was listed and when each was read
-        (an fd closed in between is skipped). Raises ``ProcessGone`` if the process exited before
-        or during the sample, and ``NoPermission`` if it became unreadable (e.g. it changed uid).
+        ``rss_bytes``, ``rss_growth_bytes``, ``cpu_percent``, ``cpu_interval_s``, ``threads``.
+        ``fds`` sums to its ``total``: the fds that existed both when /proc/PID/fd was listed and
+        when each was read (an fd closed in between is skipped). ``cpu_percent`` is the CPU the
+        process used over the last ``cpu_interval_s`` seconds, since the previous sample (the
+        first: since the constructor); if fewer than the constructor's ``cpu_interval_s`` have
+        passed since then once the fds are read, this call sleeps out the rest. Raises ``ProcessGone`` if the
+        process exited before or during the sample, and ``NoPermission`` if it became unreadable
+        (e.g. it changed uid).
         """
         now = time.time()
         self._alive()
@@ -142,6 +157,10 @@ class ProcessSampler:
             self._alive()               # raises ProcessGone, which is the likely cause
             raise
         view = _classify(self._pid, targets, inet, unix)
+        # The time spent reading counts towards the CPU interval; sleep out only what is left.
+        wait_s = self._prev_cpu[0] + self._cpu_interval_s - time.monotonic()
+        if wait_s > 0:
+            time.sleep(wait_s)
         # Read the process's figures last: if it exited while we read, the listing is not its.
         after = self._usage()
         mono = time.monotonic()
@@ -158,7 +177,7 @@ class ProcessSampler:
             "rlimit_nofile": _nofile_report(*after.nofile, total),
             "rss_bytes": after.rss_bytes,
             "rss_growth_bytes": self._rss_growth(after.rss_bytes),
-            "cpu_percent": self._cpu_percent(mono, after.cpu_s),
+            **self._cpu_percent(mono, after.cpu_s),
             "threads": after.threads,
         }
 
@@ -170,6 +189,15 @@ class ProcessSampler:
             proc = psutil.Process(self._pid)
             with proc.oneshot():
                 self._checked_name(proc)
+
+    def _cpu_reading(self) -> tuple[float, float]:
+        """(monotonic s, user + system CPU s of the process) now, after the checks of ``_alive``."""
+        with self._psutil_errors():
+            proc = psutil.Process(self._pid)
+            with proc.oneshot():
+                self._checked_name(proc)
+                cpu = proc.cpu_times()
+        return time.monotonic(), cpu.user + cpu.system
 
     def _usage(self) -> _Usage:
         """The process-level figures, after the same checks as ``_alive``. psutil reads
@@ -266,20 +294,18 @@ class ProcessSampler:
             self._first_rss_bytes = rss_bytes
         return rss_bytes - self._first_rss_bytes
 
-    def _cpu_percent(self, mono: float, cpu_s: float) -> float:
-        """CPU since the previous sample (100 = one core busy); the first: average since start."""
-        prev, self._prev_cpu = self._prev_cpu, (mono, cpu_s)
-        if prev is None:
-            # Since boot on both sides: the boot time psutil adds is whole seconds (/proc/stat btime),
-            # too coarse against time.time() for a process started a moment ago.
-            elapsed_s = time.clock_gettime(time.CLOCK_BOOTTIME) - (self._create_time - self._boot_time)
-            used_s = cpu_s
-        else:
-            elapsed_s = mono - prev[0]
-            used_s = cpu_s - prev[1]
-        if elapsed_s <= 0:
-            return 0.0
-        return round(100.0 * used_s / elapsed_s, 1)
+    def _cpu_percent(self, mono: float, cpu_s: float) -> dict[str, float]:
+        """``cpu_percent`` (100 = one core busy) and ``cpu_interval_s`` since the previous reading.
+
+        psutil's ``cpu_percent(interval)`` semantics: CPU seconds used between two readings over
+        the wall seconds between them. The kernel reports CPU time in clock ticks (1/100 s), so
+        the figure moves in steps of 1 / interval %: 4 % over the default 0.25 s.
+        """
+        (prev_mono, prev_cpu_s), self._prev_cpu = self._prev_cpu, (mono, cpu_s)
+        elapsed_s = mono - prev_mono
+        used_s = max(0.0, cpu_s - prev_cpu_s)
+        percent = round(100.0 * used_s / elapsed_s, 1) if elapsed_s > 0 else 0.0
+        return {"cpu_percent": percent, "cpu_interval_s": round(elapsed_s, 3)}
 
 
 # -- /proc readers: each raises OSError as is; the sampler turns it into its own errors ------

@@ -37,13 +37,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     from reactor.fdstats import NoPermission, ProcessGone, StatsError, Watcher, render
+    from reactor.procview import CPU_INTERVAL_S
 
     interval = args.watch if args.watch is not None else (1.0 if args.count else None)
     count = args.count if args.count is not None else (None if args.watch else 1)
     in_place = args.watch is not None and not args.json and sys.stdout.isatty()
     taken = 0
     try:
-        watcher = Watcher(args.pid, args.stats_socket)
+        # cpu_percent is over the interval since the previous sample, and the first sample's over
+        # CPU_INTERVAL_S from here (it waits that long); a faster --watch sets a shorter one.
+        watcher = Watcher(args.pid, args.stats_socket,
+                          min(CPU_INTERVAL_S, interval) if interval else CPU_INTERVAL_S)
         next_at = time.monotonic()
         while count is None or taken < count:
             try:

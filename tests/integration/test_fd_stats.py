@@ -79,7 +79,8 @@ def test_json_sample_agrees_with_proc_and_with_what_we_opened(loaded):
                 "events_per_s", "lag", "bytes_in", "bytes_out"):
         assert key in r_
     assert set(sample["rates"]) == {"accepts_per_s", "closes_per_s", "bytes_in_per_s",
-                                    "bytes_out_per_s", "events_per_s", "iterations_per_s"}
+                                    "bytes_out_per_s", "events_per_s", "iterations_per_s",
+                                    "pool_refused_per_s"}
 
 
 def test_the_advertised_socket_is_found_without_the_flag(loaded):
@@ -95,8 +96,8 @@ def test_human_view_is_aligned_and_names_each_figure(loaded):
     r = fd_stats(str(d.pid), "--stats-socket", path)
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for label in ("fds", "by kind", "tcp", "unowned", "listening", "reactor", "pool", "timers",
-                  "closed"):
+    for label in ("fds", "by kind", "tcp", "unowned", "listening", "reactor", "pool", "paused",
+                  "memory", "timers", "closed"):
         assert any(line.lstrip().startswith(label) for line in out.splitlines()), label
     assert "ESTABLISHED 300" in out and "connections 300" in out
     lines = [line for line in out.splitlines() if not line.startswith("WARNING")]
@@ -218,7 +219,8 @@ SCHEMA = {
         "tcp_states": dict, "unowned": dict, "listening": list,
         "rlimit_nofile": {"soft": int, "hard": int, "used": int, "headroom": int,
                           "used_pct": (int, float), "warning": bool},
-        "rss_bytes": int, "rss_growth_bytes": int, "cpu_percent": (int, float), "threads": int,
+        "rss_bytes": int, "rss_growth_bytes": int, "cpu_percent": (int, float),
+        "cpu_interval_s": (int, float), "threads": int,
     },
     "reactor": {
         "version": int, "pid": int, "role": str, "selector": str, "edge_triggered": bool,
@@ -235,8 +237,10 @@ SCHEMA = {
         "lag": {"p50_s": (int, float), "p99_s": (int, float)},
         "listeners": list, "shutting_down": bool, "top": list,
     },
-    "rates": {k: (int, float) for k in ("accepts_per_s", "closes_per_s", "bytes_in_per_s",
-                                        "bytes_out_per_s", "events_per_s", "iterations_per_s")},
+    "rates": {**{k: (int, float) for k in ("accepts_per_s", "closes_per_s", "bytes_in_per_s",
+                                           "bytes_out_per_s", "events_per_s",
+                                           "iterations_per_s")},
+              "pool_refused_per_s": (int, float, type(None))},   # None: the reactor has no count
 }
 
 

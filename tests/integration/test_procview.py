@@ -238,16 +238,20 @@ def test_rlimit_nofile_headroom_and_warning(zoo, soft, targets):
 
 
 def test_rss_growth_and_cpu_percent(zoo):
-    born = time.monotonic()
     z = zoo("--pairs", "0")
-    z.command("spin 0.3")
+    z.command("spin 0.3")               # CPU before the sampler exists counts in no sample
     sampler = ProcessSampler(z.pid)
+    idle = sampler.sample()
+    assert idle["cpu_percent"] <= 8.0   # two clock ticks over 0.25 s: the zoo sat waiting
+    assert idle["rss_growth_bytes"] == 0
+    assert idle["rss_bytes"] > 1 << 20
+    before = time.monotonic()
+    z.command("spin 0.3")
     first = sampler.sample()
-    age_s = time.monotonic() - born
-    assert first["rss_growth_bytes"] == 0
-    assert first["rss_bytes"] > 1 << 20
-    # First sample: the average since the process started; it spun 0.3 s of CPU within age_s.
-    assert 100 * 0.3 / age_s * 0.8 <= first["cpu_percent"] <= 110
+    window_s = time.monotonic() - before
+    # Since the previous sample: it spun 0.3 s of CPU within window_s.
+    assert 0.3 <= first["cpu_interval_s"] <= window_s + 0.01
+    assert 100 * 0.3 / window_s * 0.8 <= first["cpu_percent"] <= 110
 
     z.command(f"alloc {50_000_000}")
     grown = sampler.sample()
@@ -261,6 +265,23 @@ def test_rss_growth_and_cpu_percent(zoo):
     window_s = time.monotonic() - before
     assert 100 * 0.5 / window_s * 0.8 <= busy["cpu_percent"] <= 110
     assert busy["threads"] == 1
+
+
+def test_cpu_percent_is_over_at_least_the_interval_asked_for(zoo):
+    z = zoo("--pairs", "0")
+    sampler = ProcessSampler(z.pid, cpu_interval_s=0.4)
+    for _ in range(2):                   # the first sample (from the constructor), then the next
+        before = time.monotonic()
+        sample = sampler.sample()
+        took_s = time.monotonic() - before
+        assert 0.4 <= sample["cpu_interval_s"] <= 0.4 + took_s
+        assert took_s >= 0.4 - 0.05      # it waited out the interval (the constructor ran before)
+    now = ProcessSampler(z.pid, cpu_interval_s=0)
+    before = time.monotonic()
+    now.sample()
+    assert time.monotonic() - before < 0.4   # 0: no wait, whatever interval has passed
+    with pytest.raises(ValueError, match="cpu_interval_s"):
+        ProcessSampler(z.pid, cpu_interval_s=-1)
 
 
 # -- errors --------------------------------------------------------------------------------
