@@ -71,7 +71,7 @@ def machine() -> dict[str, Any]:
 def run(plan: Plan, env: Env, only: set[str], log: Callable[[str], None],
         emit: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    todo = steps(plan, only)
+    todo = steps(plan, only, tcpkali=env.tcpkali is not None)
     for r in range(plan.repeat):
         # Servers interleave inside each configuration, so noise hits them alike.
         for workload, args in todo:
@@ -115,6 +115,14 @@ def _summary(rec: dict[str, Any]) -> str:
     parts = []
     if "lines_per_s" in rec:
         parts.append(f"{si(rec['lines_per_s'])} lines/s")
+    if rec.get("server_cpu_s_per_mline") is not None and rec.get("workload") == "open":
+        parts.append(f"{rec['server_cpu_s_per_mline']:.2f} CPU s/M lines")
+    if "initiated" in rec and rec.get("workload") in ("flood", "open"):
+        parts.append(f"opened {rec['initiated']}/{rec['requested']}")
+    if rec.get("workload") == "flood":
+        parts.append(f"{rec['silent_in_window']} silent")
+        if rec.get("zero_out_max_s") is not None:
+            parts.append(f"zero-out {rec['zero_out_max_s']:.1f} s")
     if "lat_p99_us" in rec:
         parts.append(f"p99 {ms(rec['lat_p99_us'])}")
     if "bytes_per_conn_silent" in rec:
@@ -137,7 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true",
                    help="1 repeat, ~0.5 s per run and small sizes: checks the harness, not speed")
     p.add_argument("--repeat", type=int, help="repeats per measurement (default 3, smoke 1)")
-    p.add_argument("--duration", type=float, help="measured seconds per firehose/closed run")
+    p.add_argument("--duration", type=float,
+                   help="measured seconds per firehose/closed/flood run (open loop: --open-duration)")
+    p.add_argument("--open-duration", type=float, help="measured seconds per open-loop run")
+    p.add_argument("--py-et", metavar="PATH",
+                   help="py_et_echo.py, the pure-Python peer (default: $BENCH_PY_ET, else "
+                        "../shared/bench/py_et_echo.py beside the clone); skipped if missing")
+    p.add_argument("--tcpkali", metavar="PATH", nargs="?", const="",
+                   help="also run tcpkali at the flood's sizes, a cross-check of the flood "
+                        "(PATH defaults to ~/.cache/tcpkali/bin/tcpkali)")
     p.add_argument("--only", default=",".join(WORKLOADS),
                    help=f"comma-separated workloads (default all: {','.join(WORKLOADS)})")
     p.add_argument("--servers", default=",".join(SERVERS),
@@ -150,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.report:
         return report_from_file(a.report)
     plan = SMOKE if a.smoke else FULL
-    if a.repeat is not None or a.duration is not None:
+    if a.repeat is not None or a.duration is not None or a.open_duration is not None:
         plan = Plan(**{**plan.__dict__, "repeat": a.repeat or plan.repeat,
-                       "duration": a.duration or plan.duration})
+                       "duration": a.duration or plan.duration,
+                       "open_duration": a.open_duration or plan.open_duration})
     only = {w.strip() for w in a.only.split(",") if w.strip()}
     wanted = [s.strip() for s in a.servers.split(",") if s.strip()]
     bad = (only - set(WORKLOADS)) | (set(wanted) - set(SERVERS))
@@ -174,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         try:
-            env = setup_env(wanted, Path(tmp))
+            env = setup_env(wanted, Path(tmp), py_et=a.py_et, tcpkali=a.tcpkali)
         except HarnessError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from .base import BATCH_PEER, LOAD_BOUND_PCT, RATIO_PEERS, TARGET_PEER
+from .base import BATCH_PEER, FLOOD_PEERS, LOAD_BOUND_PCT, PY_ET_PEER, RATIO_PEERS, TARGET_PEER
 
 def si(x: float | None) -> str:
     if x is None:
@@ -53,6 +53,39 @@ def counted(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def median_of(recs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in counted(recs) if r.get(key) is not None]
     return statistics.median(vals) if vals else None
+
+
+def values_of(recs: list[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] for r in counted(recs) if r.get(key) is not None]
+
+
+def extreme(recs: list[dict[str, Any]], key: str, pick: Callable[..., float]) -> float | None:
+    """min or max of ``key`` over the runs a median is taken over."""
+    vals = values_of(recs, key)
+    return pick(vals) if vals else None
+
+
+def kernel_of(recs: list[dict[str, Any]], key: str) -> float | None:
+    """Median over the runs of one kernel counter's growth during the run."""
+    vals = [r["kernel"][key] for r in counted(recs) if key in r.get("kernel", {})]
+    return statistics.median(vals) if vals else None
+
+
+def count(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def opened_cell(recs: list[dict[str, Any]]) -> str:
+    """Connections initiated of requested: one figure if every run agrees, else the range."""
+    got = sorted({r["initiated"] for r in recs if "initiated" in r})
+    if not got:
+        return "-"
+    want = recs[0]["requested"]
+    return f"{got[0]}/{want}" if len(got) == 1 else f"{got[0]}–{got[-1]}/{want}"
 
 
 def render(headers: list[str], rows: list[list[str]]) -> str:
@@ -223,7 +256,106 @@ def tables(res: Results, repeat: int) -> str:
         out.append(f"### Idle-timer re-arm with N live timers ({rep})\n\n" + render(
             ["timers", "implementation", "per re-arm", "faster than asyncio",
              "live entries after", "check"], rows))
+    out += flood_tables(res, rep)
     return "\n\n".join(out)
+
+
+FLOOD_HEADS = [f"÷{peer}" for peer in FLOOD_PEERS]
+
+
+def flood_tables(res: Results, rep: str) -> list[str]:
+    """The flood (throughput, then starvation and stalls), tcpkali and open-loop tables."""
+    out: list[str] = []
+    srv = res.servers
+
+    def peer_meds(workload: str, cfg: str, key: str) -> list[float | None]:
+        return [res.med(workload, cfg, peer, key) for peer in FLOOD_PEERS]
+
+    if "flood" in res.configs:
+        rows, starve = [], []
+        for cfg in res.configs["flood"]:
+            peers = peer_meds("flood", cfg, "lines_per_s")
+            py = res.med("flood", cfg, PY_ET_PEER, "lines_per_s")
+            for s in srv:
+                recs = res.get("flood", cfg, s)
+                if not recs:
+                    continue
+                v = median_of(recs, "lines_per_s")
+                lo, hi = extreme(recs, "lines_per_s", min), extreme(recs, "lines_per_s", max)
+                ns = median_of(recs, "server_cpu_ns_per_line")
+                rows.append([cfg, s, si(v), si(lo), si(hi), *(ratio(v, p) for p in peers),
+                             ratio(lo, py), ratio(hi, py), opened_cell(recs),
+                             secs(median_of(recs, "server_cpu_s")),
+                             f"{ns:.1f} ns" if ns is not None else "-", gen_cell(recs),
+                             check_cell(recs)])
+                pauses = [extreme(recs, f"paused_{k}_max", max)
+                          for k in ("user", "backpressure", "starved")]
+                starve.append([
+                    cfg, s, f"{count(median_of(recs, 'silent_in_window'))} "
+                    f"(max {count(extreme(recs, 'silent_in_window', max))})",
+                    count(median_of(recs, "conn_lines_min")),
+                    count(median_of(recs, "conn_lines_med")),
+                    secs(extreme(recs, "conn_gap_max_s", max)),
+                    secs(extreme(recs, "gap_max_s", max)),
+                    f"{count(kernel_of(recs, 'TCPRcvQDrop'))} / "
+                    f"{count(kernel_of(recs, 'TCPTimeouts'))}",
+                    count(extreme(recs, "paused_reading_max", max)),
+                    "/".join(count(p) for p in pauses),
+                    count(extreme(recs, "pool_refused_delta", max)),
+                    count(extreme(recs, "chunks_exhausted_delta", max)),
+                    count(extreme(recs, "slow_consumer_delta", max)),
+                    secs(extreme(recs, "zero_out_max_s", max))])
+        out.append(f"### Flood: no window, lines/s echoed back ({rep}; min and max of the "
+                   "runs)\n\n" + render(
+                       ["conns", "server", "lines/s", "min", "max", *FLOOD_HEADS,
+                        f"min ÷{PY_ET_PEER}", f"max ÷{PY_ET_PEER}", "opened", "server CPU",
+                        "CPU/line", "gen busy", "check"], rows))
+        out.append("### Flood: starvation and stalls (medians; \"max\" columns: the worst "
+                   "run)\n\n" + render(
+                       ["conns", "server", "silent conns", "lines/conn min", "lines/conn med",
+                        "max conn gap", "max gap, all", "kernel rcvq drops / RTOs",
+                        "paused_reading max", "paused u/bp/starved max", "pool refused",
+                        "chunks exhausted", "slow-consumer closes", "max zero-out stretch"],
+                       starve))
+    if "tcpkali" in res.configs:
+        rows = []
+        for cfg in res.configs["tcpkali"]:
+            peers = peer_meds("tcpkali", cfg, "lines_per_s")
+            for s in srv:
+                recs = res.get("tcpkali", cfg, s)
+                if not recs:
+                    continue
+                v = median_of(recs, "lines_per_s")
+                rows.append([cfg, s, si(v), *(ratio(v, p) for p in peers),
+                             ratio(res.med("flood", cfg, s, "lines_per_s"), v),
+                             pct(median_of(recs, "server_cpu_pct")), check_cell(recs)])
+        out.append(f"### tcpkali cross-check: the flood from the standard generator ({rep}; "
+                   "bytes not checked)\n\n" + render(
+                       ["conns", "server", "lines/s", *FLOOD_HEADS, "our flood ÷ tcpkali",
+                        "server CPU", "check"], rows))
+    if "open" in res.configs:
+        rows = []
+        for cfg in res.configs["open"]:
+            peers = peer_meds("open", cfg, "server_cpu_s_per_mline")
+            for s in srv:
+                recs = res.get("open", cfg, s)
+                if not recs:
+                    continue
+                v = median_of(recs, "server_cpu_s_per_mline")
+                rows.append([cfg.replace("x", " × ") + "/s", s,
+                             si(median_of(recs, "offered_per_s")),
+                             si(median_of(recs, "lines_per_s")),
+                             count(extreme(recs, "unanswered", max)),
+                             secs(median_of(recs, "server_cpu_s")),
+                             f"{v:.2f} s" if v is not None else "-",
+                             *(ratio(v, p) for p in peers),
+                             ms(median_of(recs, "lat_p50_us")), ms(median_of(recs, "lat_p99_us")),
+                             ms(median_of(recs, "lat_p999_us")), opened_cell(recs),
+                             check_cell(recs)])
+        out.append(f"### Open loop: fixed offered load, server CPU per line ({rep})\n\n" + render(
+            ["conns × lines/s", "server", "offered/s", "echoed/s", "unanswered", "server CPU",
+             "CPU s / M lines", *FLOOD_HEADS, "p50", "p99", "p99.9", "opened", "check"], rows))
+    return out
 
 
 def verdict(value: float, goal: float, higher: bool) -> str:
@@ -296,6 +428,26 @@ def targets(res: Results) -> str:
         if live is not None:
             rows.append([f"no growth in live timer entries ({cfg} timers)", f"{live:.0f}",
                          "met" if live == int(cfg) else "NOT met", "-"])
+    for cfg in res.configs.get("flood", []):
+        py = res.med("flood", cfg, PY_ET_PEER, "lines_per_s")
+        mine = res.get("flood", cfg, "line-echo")
+        add(f"flood {cfg} conns median ≥ 0.9× {PY_ET_PEER}", r("flood", cfg, "lines_per_s",
+                                                               PY_ET_PEER), 0.9, True)
+        for what, pick in (("slowest", min), ("fastest", max)):
+            v = extreme(mine, "lines_per_s", pick)
+            add(f"flood {cfg} conns {what} run ≥ 0.7× {PY_ET_PEER} median",
+                v / py if v is not None and py else None, 0.7, True)
+        if mine:
+            exact = sum(1 for x in mine if x.get("opened_exactly"))
+            drops = extreme(mine, "dropped", max)
+            rows.append([f"flood {cfg} conns: every run opens exactly {cfg} connections, "
+                         "all held to the end",
+                         f"{exact}/{len(mine)} runs (initiated {opened_cell(mine)}, "
+                         f"dropped by the server: {count(drops)} at most)",
+                         "met" if exact == len(mine) else "NOT met", "-"])
+    for cfg in res.configs.get("open", []):
+        add(f"open loop {cfg.replace('x', ' × ')}/s CPU per line ≤ 1.1× {PY_ET_PEER}",
+            r("open", cfg, "server_cpu_s_per_mline", PY_ET_PEER), 1.1, False)
     return ("### Targets (line-echo against its peers, from the medians above)\n\n" + render(
         ["target", "measured", "verdict", f"against batched {BATCH_PEER}"], rows)
         + f"\n\nGoals against asyncio are judged against `{TARGET_PEER}`, the per-line Protocol "

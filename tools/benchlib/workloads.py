@@ -9,8 +9,9 @@ import sys
 import time
 from typing import Any
 
-from .base import (NOISY_PCT, ROOT, Env, HarnessError, Plan, Server, _child_setup,
-                   fd_count, firehose_window, proc_status_kb, read_line)
+from .flood import measure_flood, measure_open, measure_tcpkali
+from .base import (ROOT, Env, HarnessError, Plan, Server, _child_setup,
+                   fd_count, firehose_window, proc_status_kb, read_line, stream_checks)
 
 def _connect_budget(conns: int) -> float:
     return 30.0 if conns > 1000 else 10.0
@@ -24,7 +25,7 @@ def measure_firehose(env: Env, server: Server, conns: int, plan: Plan) -> dict[s
                         "--warmup", str(plan.warmup), "--connect-timeout", str(ct),
                         "--server-pid", str(server.pid)],
                        timeout=ct + plan.warmup + plan.duration + 30)
-    return {**out, "config": f"{conns}", **_stream_checks(out, conns)}
+    return {**out, "config": f"{conns}", **stream_checks(out, conns)}
 
 
 def measure_closed(env: Env, server: Server, conns: int, depth: int, plan: Plan) -> dict[str, Any]:
@@ -34,27 +35,7 @@ def measure_closed(env: Env, server: Server, conns: int, depth: int, plan: Plan)
                         "--warmup", str(plan.warmup), "--connect-timeout", str(ct),
                         "--server-pid", str(server.pid)],
                        timeout=ct + plan.warmup + plan.duration + 30)
-    return {**out, "config": f"{conns}x{depth}", **_stream_checks(out, conns)}
-
-
-def _stream_checks(out: dict[str, Any], conns: int) -> dict[str, Any]:
-    """What the generator saw: bytes, connections, service (notes); other load (warnings)."""
-    notes, warnings = [], []
-    other = max(out.get("other_on_server_core_pct", 0), out.get("other_on_load_core_pct", 0))
-    if other + out.get("steal_pct", 0) > NOISY_PCT:
-        warnings.append(f"noisy: {other + out.get('steal_pct', 0):.0f}% other load on the cores")
-    if out["mismatches"]:
-        notes.append(f"BAD BYTES x{out['mismatches']}")
-    if out["connect_failed"]:
-        notes.append(f"{out['connect_failed']}/{conns} connects failed")
-    if out["dropped"]:
-        notes.append(f"{out['dropped']}/{conns} dropped")
-    if out["starved"]:
-        notes.append(f"{out['starved']}/{conns} never served")
-    if out["lines"] <= 0:
-        notes.append("nothing echoed in the window")
-    return {"verified": not notes, "notes": notes, "warnings": warnings,
-            "bytes_ok": not out["mismatches"]}
+    return {**out, "config": f"{conns}x{depth}", **stream_checks(out, conns)}
 
 
 def measure_idle(env: Env, server: Server, conns: int) -> dict[str, Any]:
@@ -133,7 +114,7 @@ def measure_accept(env: Env, server: Server, plan: Plan) -> dict[str, Any]:
                         "--serve-window", str(plan.accept_window_s), "--warmup", str(plan.warmup),
                         "--connect-timeout", str(ct), "--server-pid", str(server.pid)],
                        timeout=ct + plan.warmup + plan.accept_window_s + 30)
-    checks = _stream_checks(out, conns)
+    checks = stream_checks(out, conns)
     # The probes' count is the measurement, not a check: a busy server that does not accept
     # scores low here, it is not "unverified".
     return {**out, "config": f"{conns}+{extra}", **checks,
@@ -192,7 +173,7 @@ def measure_timers(count: int, rounds: int) -> list[dict[str, Any]]:
 
 # -- running ----------------------------------------------------------------------------
 
-def steps(plan: Plan, only: set[str]) -> list[tuple[str, tuple[Any, ...]]]:
+def steps(plan: Plan, only: set[str], tcpkali: bool = False) -> list[tuple[str, tuple[Any, ...]]]:
     out: list[tuple[str, tuple[Any, ...]]] = []
     if "firehose" in only:
         out += [("firehose", (n,)) for n in plan.firehose_conns]
@@ -202,6 +183,12 @@ def steps(plan: Plan, only: set[str]) -> list[tuple[str, tuple[Any, ...]]]:
         out.append(("idle", (plan.idle_conns,)))
     if "accept" in only:
         out.append(("accept", ()))
+    if "flood" in only:
+        out += [("flood", (n,)) for n in plan.flood_conns]
+    if tcpkali and ("tcpkali" in only or "flood" in only):  # the flood's cross-check
+        out += [("tcpkali", (n,)) for n in plan.flood_conns]
+    if "open" in only:
+        out += [("open", load) for load in plan.open_loads]
     return out
 
 
@@ -215,6 +202,12 @@ def measure(env: Env, workload: str, args: tuple[Any, ...], server_name: str,
             rec = measure_closed(env, server, args[0], args[1], plan)
         elif workload == "idle":
             rec = measure_idle(env, server, args[0])
+        elif workload == "flood":
+            rec = measure_flood(env, server, args[0], plan)
+        elif workload == "open":
+            rec = measure_open(env, server, args[0], args[1], plan)
+        elif workload == "tcpkali":
+            rec = measure_tcpkali(env, server, args[0], plan)
         else:
             rec = measure_accept(env, server, plan)
         if not server.alive():
