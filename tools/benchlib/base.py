@@ -69,6 +69,9 @@ class Plan:
     open_duration: float = 5.0
     connect_rate: int = 10000
     stats_interval: float = 0.5
+    # tcpkali's -T: its ramp-up counts in it, and it gives up (exit 1) if it cannot open
+    # every connection within it; 4 s was not enough for 10,000 beside a busy server
+    tcpkali_seconds: float = 10.0
 
     def measures(self, server: str, workload: str, args: tuple[Any, ...]) -> bool:
         steps = dict(self.only_at).get(server)
@@ -87,7 +90,8 @@ SMOKE = Plan(repeat=1, duration=0.5, warmup=0.2, firehose_conns=(1, 100),
              # step would add ~5.5 s to a run CI makes at every `make test`.
              only_at=(("asyncio-lines", ("firehose:100", "closed:100x16")),
                       ("py-et", ("flood:100", "tcpkali:100", "open:100x20"))),
-             flood_conns=(100,), open_loads=((100, 20),), open_duration=1.0)
+             flood_conns=(100,), open_loads=((100, 20),), open_duration=1.0,
+             tcpkali_seconds=2.0)
 
 
 def firehose_window(conns: int) -> int:

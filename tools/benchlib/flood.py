@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -240,11 +241,11 @@ def measure_tcpkali(env: Env, server: Server, conns: int, plan: Plan) -> dict[st
     unescapes only the message arguments after it), pinned to the generator's CPU. It
     checks no bytes: a cross-check of the flood's rate, not a verified measurement."""
     assert env.tcpkali is not None
-    seconds = max(1, round(plan.duration + plan.warmup))
+    seconds = max(1, round(plan.tcpkali_seconds))
     argv = [str(env.tcpkali), "-w", "1", "-c", str(conns), "--connect-rate",
             str(plan.connect_rate), "-e", "-m", "ping\\n", "-T", f"{seconds}s",
             f"127.0.0.1:{server.port}"]
-    cpu0 = read_cpu_s(server.pid)
+    cpu0, kids0 = read_cpu_s(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     try:
         done = subprocess.run(argv, capture_output=True, text=True,
@@ -253,12 +254,20 @@ def measure_tcpkali(env: Env, server: Server, conns: int, plan: Plan) -> dict[st
     except subprocess.TimeoutExpired:
         raise HarnessError("tcpkali timed out") from None
     wall, cpu = time.monotonic() - t0, read_cpu_s(server.pid) - cpu0
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # tcpkali's own CPU, it was waited for
+    gen = (kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime) / wall * 100
+    text = done.stdout + done.stderr
+    if "Could not create" in text:  # its verdict on the server's accepting: a failed row
+        return {"config": f"{conns}", "conns": conns, "lines_per_s": None, "verified": False,
+                "notes": [f"tcpkali could not open {conns} connections in {seconds} s"],
+                "warnings": [], "bytes_ok": True}
     if done.returncode != 0:
-        raise HarnessError(f"tcpkali exited {done.returncode}: {done.stderr[-300:]}")
-    parsed = parse_tcpkali(done.stdout + done.stderr)
+        last = (text.strip().splitlines() or [""])[-1]
+        raise HarnessError(f"tcpkali exited {done.returncode}: {last[-200:]}")
+    parsed = parse_tcpkali(text)
     notes = []
     if parsed["ramped_up"] is not None and parsed["ramped_up"] < conns:
         notes.append(f"{parsed['ramped_up']}/{conns} connections ramped up")
     return {**parsed, "config": f"{conns}", "conns": conns, "server_cpu_s": round(cpu, 3),
             "server_cpu_pct": 100.0 * cpu / wall if wall > 0 else -1.0,
-            "verified": not notes, "notes": notes, "warnings": [], "bytes_ok": True}
+            "gen_busy_pct": round(gen, 1), "verified": not notes, "notes": notes, "warnings": [], "bytes_ok": True}

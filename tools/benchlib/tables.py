@@ -98,6 +98,12 @@ def render(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt(headers), sep, *(fmt(r) for r in rows)])
 
 
+def one_line(note: str, limit: int = 120) -> str:
+    """A note fit for a table cell: whitespace runs (newlines too) as one space, and cut."""
+    flat = " ".join(note.split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
 def check_cell(recs: list[dict[str, Any]]) -> str:
     """'ok', or what failed in how many runs (figures then come from the runs that passed)."""
     if not recs:
@@ -105,7 +111,7 @@ def check_cell(recs: list[dict[str, Any]]) -> str:
     failed = [r for r in recs if not r.get("verified") or "error" in r]
     kinds: dict[str, list[str]] = {}
     for r in failed:
-        for n in r.get("notes", []):
+        for n in map(one_line, r.get("notes", [])):
             count, _, what = n.partition(" ")
             got, _, total = count.partition("/")
             if got.isdigit() and total.isdigit():  # "6413/10000 never served"
@@ -328,11 +334,12 @@ def flood_tables(res: Results, rep: str) -> list[str]:
                 v = median_of(recs, "lines_per_s")
                 rows.append([cfg, s, si(v), *(ratio(v, p) for p in peers),
                              ratio(res.med("flood", cfg, s, "lines_per_s"), v),
-                             pct(median_of(recs, "server_cpu_pct")), check_cell(recs)])
+                             pct(median_of(recs, "server_cpu_pct")), gen_cell(recs),
+                             check_cell(recs)])
         out.append(f"### tcpkali cross-check: the flood from the standard generator ({rep}; "
                    "bytes not checked)\n\n" + render(
                        ["conns", "server", "lines/s", *FLOOD_HEADS, "our flood ÷ tcpkali",
-                        "server CPU", "check"], rows))
+                        "server CPU", "tcpkali CPU", "check"], rows))
     if "open" in res.configs:
         rows = []
         for cfg in res.configs["open"]:
