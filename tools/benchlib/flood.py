@@ -188,6 +188,7 @@ def measure_flood(env: Env, server: Server, conns: int, plan: Plan) -> dict[str,
         rec.update(summarise_stats(sampler.samples, out["t0_mono"], out["t1_mono"],
                                    plan.stats_interval, len(sampler.failures)))
         if sampler.failures:
+            rec["stats_failure_first"] = sampler.failures[0]
             rec["warnings"].append(f"{len(sampler.failures)} stats reads failed: "
                                    f"{sampler.failures[0]}")
     return rec
