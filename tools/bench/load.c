@@ -21,6 +21,21 @@
  *   accept    firehose on N connections and, meanwhile, open --extra more at a steady
  *             rate over --open-seconds, each sending one numbered line and expecting
  *             its echo within --serve-window seconds of the first open.
+ *   flood     N connections each write "ping\n" as fast as the kernel takes bytes and
+ *             read whatever comes back: no window, so nothing here limits what the
+ *             server must buffer, pause or refuse. Besides lines/s: lines per connection
+ *             in the window (min/median/max, and how many got none), the longest gap
+ *             between two arrivals on any one connection and over all of them.
+ *   open      open loop, a fixed offered load: N connections each send one numbered
+ *             line ("%06d %08u\n": connection, sequence) every --period-ms, spread
+ *             evenly over the period, whatever the echoes do; every echo must be the
+ *             next expected line of its connection. After the window the schedule
+ *             stops and the generator waits (--drain-seconds) for the outstanding
+ *             echoes: any still missing are "unanswered". Latency is from the line's
+ *             scheduled time (not its send), so a stalled server cannot hide it.
+ * Every mode counts each connect() it makes ("initiated"); a connection the server
+ * closes or resets is counted as dropped and never reopened. --connect-rate R paces
+ * the connects at R per second at most (0: as fast as MAX_INPROGRESS allows).
  * With --server-pid the server's CPU (utime+stime from /proc/PID/stat) over the window
  * and its RSS and peak RSS (VmRSS/VmHWM) are reported too.
  */
@@ -47,9 +62,10 @@
 #define MAX_DEPTH 64
 #define MAX_INPROGRESS 256            /* connects in flight: stays under any listen backlog */
 #define PROBE_LEN 10                  /* "acc%06d\n" */
+#define OLINE_LEN 16                  /* open loop: "%06d %08u\n" */
 
 enum { CONNECTING = 0, OPEN = 1, DEAD = 2 };
-enum { M_FIREHOSE, M_CLOSED, M_IDLE, M_ACCEPT };
+enum { M_FIREHOSE, M_CLOSED, M_IDLE, M_ACCEPT, M_FLOOD, M_OPEN };
 
 typedef struct {
     int fd;
@@ -62,6 +78,14 @@ typedef struct {
     double t_open;        /* probes: when connect() was called */
     char pbuf[PROBE_LEN];
     int served;
+    uint64_t lines_t0;    /* lines received when the window opened */
+    uint64_t last_rx;     /* flood: ns of the last arrival (window start before one) */
+    uint64_t gap_max;     /* flood: longest ns between arrivals within the window */
+    /* open loop: lines made due, fully written, echoed; bytes of the current line
+     * written; the echo being assembled */
+    uint32_t seq_due, seq_tx, seq_rx;
+    int send_off, rx_len;
+    char rx_line[OLINE_LEN];
 } conn_t;
 
 static char pat[PAT_LEN + LINE_LEN];
@@ -82,6 +106,15 @@ static uint64_t hist[8192];
 static uint64_t hist_n = 0, lat_max = 0;
 static struct sockaddr_in server;
 static int cores[2] = {-1, -1};  /* --cores S,L: the server's and this process's CPUs */
+static double connect_rate = 0;  /* connects per second at most; 0 = unpaced */
+static double t_connect0 = 0;    /* when connecting started */
+static int n_initiated = 0;      /* connect() calls made, probes included */
+static double period_ms = 500, drain_seconds = 5;
+static int sched_on = 0;         /* open loop: lines are being made due */
+static uint64_t sched_j = 0;     /* open loop: lines made due so far, over all connections */
+static double sched_t0 = 0, sched_dt = 0;
+static uint64_t due_window = 0, lat_skipped = 0;
+static uint64_t last_rx_any = 0, gap_any_max = 0;  /* arrivals on any connection */
 
 static uint64_t now_ns(void) {
     struct timespec t;
@@ -192,6 +225,7 @@ static void start_connect(conn_t *c) {
     c->state = CONNECTING;
     c->t_open = now_s();
     inprogress++;
+    n_initiated++;
     struct epoll_event ev = {0};
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = c;
@@ -204,11 +238,15 @@ static void start_connect(conn_t *c) {
 }
 
 /* Write what the mode wants on an open connection. -1: the connection died. */
+static int pump_open(conn_t *c);
 static int pump_writes(conn_t *c) {
     if (c->probe >= 0) return 0;
+    if (mode == M_OPEN) return pump_open(c);
     for (;;) {
         uint64_t n;
-        if (mode == M_FIREHOSE || mode == M_ACCEPT) {
+        if (mode == M_FLOOD) {
+            n = PAT_LEN;  /* no window: as much as the kernel takes */
+        } else if (mode == M_FIREHOSE || mode == M_ACCEPT) {
             uint64_t inflight = c->sent - c->recvd;
             if (inflight >= window_bytes) return 0;
             n = window_bytes - inflight;
@@ -225,6 +263,82 @@ static int pump_writes(conn_t *c) {
         }
         c->sent += (uint64_t)w;
         if (mode == M_CLOSED || mode == M_IDLE) c->owed -= (uint64_t)w;
+    }
+}
+
+static void open_line(const conn_t *c, uint32_t seq, char *out) {
+    char tmp[32];
+    snprintf(tmp, sizeof tmp, "%06d %08u\n", (int)(c - conns) % 1000000, seq % 100000000u);
+    memcpy(out, tmp, OLINE_LEN);
+}
+
+/* Open loop: write the lines made due and not yet written, one at a time. */
+static int pump_open(conn_t *c) {
+    char line[OLINE_LEN];
+    while (c->seq_tx < c->seq_due) {
+        open_line(c, c->seq_tx, line);
+        ssize_t w = send(c->fd, line + c->send_off, (size_t)(OLINE_LEN - c->send_off), MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        c->sent += (uint64_t)w;
+        c->send_off += (int)w;
+        if (c->send_off < OLINE_LEN) return 0;
+        c->send_off = 0;
+        c->seq_tx++;
+    }
+    return 0;
+}
+
+/* Open loop: make due every line whose time has come, each on its connection. */
+static void open_tick(void) {
+    if (!sched_on || nconns <= 0) return;
+    uint64_t t = now_ns();
+    for (;;) {
+        double due = sched_t0 + sched_dt * (double)sched_j;
+        uint64_t due_ns = (uint64_t)(due * 1e9);
+        if (due_ns > t) return;
+        conn_t *c = &conns[sched_j % (uint64_t)nconns];
+        sched_j++;
+        if (c->state != OPEN) continue;
+        c->ts[c->seq_due % MAX_DEPTH] = due_ns;
+        c->seq_due++;
+        if (measuring) due_window++;
+        if (pump_writes(c) < 0) kill_conn(c, 1);
+    }
+}
+
+static void on_data_open(conn_t *c, const char *data, size_t n) {
+    char want[OLINE_LEN];
+    uint64_t t = 0;
+    while (n) {
+        size_t take = (size_t)(OLINE_LEN - c->rx_len);
+        if (take > n) take = n;
+        memcpy(c->rx_line + c->rx_len, data, take);
+        c->rx_len += (int)take;
+        data += take;
+        n -= take;
+        c->recvd += take;
+        if (c->rx_len < OLINE_LEN) break;
+        c->rx_len = 0;
+        open_line(c, c->seq_rx, want);
+        if (c->seq_rx >= c->seq_tx || memcmp(want, c->rx_line, OLINE_LEN) != 0) { mismatches++; continue; }
+        if (measuring) {
+            lines_window++;
+            if (c->seq_due - c->seq_rx <= MAX_DEPTH) {
+                if (!t) t = now_ns();
+                uint64_t due = c->ts[c->seq_rx % MAX_DEPTH];
+                uint64_t lat = t > due ? t - due : 0;
+                hist[hbucket(lat)]++;
+                hist_n++;
+                if (lat > lat_max) lat_max = lat;
+            } else {
+                lat_skipped++;  /* more than MAX_DEPTH outstanding: its due time is gone */
+            }
+        }
+        c->seq_rx++;
     }
 }
 
@@ -249,6 +363,16 @@ static void on_open(conn_t *c) {
 }
 
 static void on_data(conn_t *c, const char *data, size_t n) {
+    if (measuring) {  /* the stall detectors: gaps between arrivals */
+        uint64_t t = now_ns();
+        if (t - last_rx_any > gap_any_max) gap_any_max = t - last_rx_any;
+        last_rx_any = t;
+        if (mode == M_FLOOD) {
+            if (t - c->last_rx > c->gap_max) c->gap_max = t - c->last_rx;
+            c->last_rx = t;
+        }
+    }
+    if (mode == M_OPEN) { on_data_open(c, data, n); return; }
     if (c->probe >= 0) {
         char want[16];
         snprintf(want, sizeof want, "acc%06d\n", c->probe);
@@ -334,15 +458,25 @@ static int wait_events(int timeout_ms) {
     return n;
 }
 
+static int may_connect(void) {
+    if (next_connect >= nconns || inprogress >= MAX_INPROGRESS) return 0;
+    return connect_rate <= 0 || (double)next_connect < (now_s() - t_connect0) * connect_rate + 1;
+}
+
 static void run_once(int timeout_ms) {
-    while (next_connect < nconns && inprogress < MAX_INPROGRESS) start_connect(&conns[next_connect++]);
+    while (may_connect()) start_connect(&conns[next_connect++]);
+    if (sched_on) {
+        open_tick();
+        if (timeout_ms > 1) timeout_ms = 1;  /* lines fall due every sched_dt */
+    }
     int n = wait_events(timeout_ms);
     for (int i = 0; i < n; i++) on_event((conn_t *)evs[i].data.ptr, evs[i].events);
 }
 
 static void connect_all(void) {
-    double deadline = now_s() + connect_timeout;
-    while ((next_connect < nconns || inprogress > 0) && now_s() < deadline) run_once(10);
+    t_connect0 = now_s();
+    double deadline = t_connect0 + connect_timeout;
+    while ((next_connect < nconns || inprogress > 0) && now_s() < deadline) run_once(connect_rate > 0 ? 1 : 10);
     for (int i = 0; i < nconns; i++)
         if (conns[i].state == CONNECTING) { kill_conn(&conns[i], 0); n_failed++; }
 }
@@ -369,6 +503,11 @@ static int starved_main(void) {  /* open main connections that never got a whole
     for (int i = 0; i < nconns; i++)
         if (conns[i].state == OPEN && conns[i].recvd < LINE_LEN) s++;
     return s;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 static void idle_mode(void) {
@@ -425,17 +564,23 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--extra")) extra = atoi(v);
         else if (!strcmp(a, "--open-seconds")) open_seconds = atof(v);
         else if (!strcmp(a, "--serve-window")) serve_window = atof(v);
+        else if (!strcmp(a, "--connect-rate")) connect_rate = atof(v);
+        else if (!strcmp(a, "--period-ms")) period_ms = atof(v);
+        else if (!strcmp(a, "--drain-seconds")) drain_seconds = atof(v);
         else { fprintf(stderr, "load: unknown option %s\n", a); return 2; }
     }
     if (!strcmp(mode_s, "firehose")) mode = M_FIREHOSE;
     else if (!strcmp(mode_s, "closed")) mode = M_CLOSED;
     else if (!strcmp(mode_s, "idle")) mode = M_IDLE;
     else if (!strcmp(mode_s, "accept")) mode = M_ACCEPT;
+    else if (!strcmp(mode_s, "flood")) mode = M_FLOOD;
+    else if (!strcmp(mode_s, "open")) mode = M_OPEN;
     else { fprintf(stderr, "load: unknown mode %s\n", mode_s); return 2; }
     if (depth < 1 || depth > MAX_DEPTH || nconns < 0 || extra < 0) { fprintf(stderr, "load: bad sizes\n"); return 2; }
     if (mode != M_ACCEPT) extra = 0;
     if (window_bytes < LINE_LEN) window_bytes = LINE_LEN;
-    if (max_seconds <= 0) max_seconds = connect_timeout + warmup + duration + serve_window + 60;
+    if (period_ms <= 0) { fprintf(stderr, "load: bad --period-ms\n"); return 2; }
+    if (max_seconds <= 0) max_seconds = connect_timeout + warmup + duration + serve_window + drain_seconds + 60;
     alarm((unsigned)max_seconds + 1);  /* the default action ends the process: bounded whatever happens */
     signal(SIGPIPE, SIG_IGN);
 
@@ -454,6 +599,11 @@ int main(int argc, char **argv) {
     double t_connect = now_s();
     connect_all();
     double connect_s = now_s() - t_connect;
+    if (mode == M_OPEN) {
+        sched_on = 1;
+        sched_t0 = now_s();
+        sched_dt = period_ms / 1000.0 / (nconns > 0 ? nconns : 1);
+    }
     run_until(now_s() + warmup);
 
     /* The measured window. */
@@ -461,6 +611,12 @@ int main(int argc, char **argv) {
     core_times(cores[0], &cb0[0], &cs0[0]);
     core_times(cores[1], &cb0[1], &cs0[1]);
     double srv0 = cpu_of(server_pid), me0 = cpu_self(), t0 = now_s();
+    uint64_t t0_ns = (uint64_t)(t0 * 1e9);
+    last_rx_any = t0_ns;
+    for (int i = 0; i < nconns; i++) {
+        conns[i].lines_t0 = mode == M_OPEN ? conns[i].seq_rx : conns[i].recvd / LINE_LEN;
+        conns[i].last_rx = t0_ns;
+    }
     measuring = 1;
     int probes_opened = 0;
     double probe_last_served = 0;
@@ -496,11 +652,47 @@ int main(int argc, char **argv) {
     core_times(cores[1], &cb1[1], &cs1[1]);
     measuring = 0;
     double wall = t1 - t0;
+    uint64_t t1_ns = (uint64_t)(t1 * 1e9);
+
+    /* Per connection in the window: lines, and (flood) the longest gap between arrivals,
+     * counting the stretches before the first and after the last. */
+    uint64_t *per = calloc((size_t)nconns + 1, sizeof *per);
+    int nper = 0, silent = 0;
+    uint64_t conn_gap = 0;
+    for (int i = 0; i < nconns; i++) {
+        conn_t *c = &conns[i];
+        if (c->state != OPEN) continue;
+        uint64_t l = (mode == M_OPEN ? c->seq_rx : c->recvd / LINE_LEN) - c->lines_t0;
+        per[nper++] = l;
+        if (!l) silent++;
+        uint64_t g = c->gap_max, tail = t1_ns > c->last_rx ? t1_ns - c->last_rx : 0;
+        if (tail > g) g = tail;
+        if (g > conn_gap) conn_gap = g;
+    }
+    if (t1_ns - last_rx_any > gap_any_max) gap_any_max = t1_ns - last_rx_any;
+    qsort(per, (size_t)nper, sizeof *per, cmp_u64);
+
+    /* Open loop: stop the schedule and wait for the outstanding echoes. */
+    uint64_t unanswered = 0;
+    if (mode == M_OPEN) {
+        sched_on = 0;
+        double deadline = now_s() + drain_seconds;
+        for (;;) {
+            unanswered = 0;
+            for (int i = 0; i < nconns; i++)
+                if (conns[i].state == OPEN) unanswered += conns[i].seq_due - conns[i].seq_rx;
+            if (!unanswered || now_s() >= deadline) break;
+            run_once(10);
+        }
+    }
 
     int p_connected = 0;
     for (int i = nconns; i < nconns + extra; i++)
         if (conns[i].served || conns[i].state == OPEN) p_connected++;
-    int starved = starved_main();
+    int starved = mode == M_OPEN ? 0 : starved_main();
+    if (mode == M_OPEN)
+        for (int i = 0; i < nconns; i++)
+            if (conns[i].state == OPEN && conns[i].seq_rx == 0) starved++;
     uint64_t bytes_back = 0;
     for (int i = 0; i < nconns; i++) bytes_back += conns[i].recvd;
 
@@ -518,6 +710,25 @@ int main(int argc, char **argv) {
            wall > 0 ? 100.0 * ((me1 - me0) / wall) * (1.0 - idle_polls_s / wall) : 0.0,
            (server_pid && wall > 0 && srv0 >= 0 && srv1 >= 0) ? 100.0 * (srv1 - srv0) / wall : -1.0,
            status_kb(server_pid, "VmRSS"), status_kb(server_pid, "VmHWM"));
+    printf(", \"requested\": %d, \"initiated\": %d, \"connect_rate\": %.0f, \"t0_mono\": %.6f, "
+           "\"t1_mono\": %.6f, \"server_cpu_s\": %.3f, \"silent_in_window\": %d, "
+           "\"conn_lines_min\": %llu, \"conn_lines_med\": %llu, \"conn_lines_max\": %llu, "
+           "\"gap_max_s\": %.4f",
+           nconns, n_initiated, connect_rate, t0, t1,
+           (server_pid && srv0 >= 0 && srv1 >= 0) ? srv1 - srv0 : -1.0, silent,
+           (unsigned long long)(nper ? per[0] : 0), (unsigned long long)(nper ? per[nper / 2] : 0),
+           (unsigned long long)(nper ? per[nper - 1] : 0), (double)gap_any_max / 1e9);
+    if (mode == M_FLOOD) printf(", \"conn_gap_max_s\": %.4f", (double)conn_gap / 1e9);
+    if (mode == M_OPEN)
+        printf(", \"period_ms\": %.3f, \"offered_per_s\": %.1f, \"due_in_window\": %llu, "
+               "\"unanswered\": %llu, \"lat_samples\": %llu, \"lat_skipped\": %llu, "
+               "\"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, \"lat_p999_us\": %.1f, "
+               "\"lat_max_us\": %.1f",
+               period_ms, nconns * 1000.0 / period_ms, (unsigned long long)due_window,
+               (unsigned long long)unanswered, (unsigned long long)hist_n,
+               (unsigned long long)lat_skipped, percentile_us(0.50), percentile_us(0.99),
+               percentile_us(0.999), (double)lat_max / 1000.0);
+    free(per);
     if (cores[0] >= 0 && wall > 0) {
         /* What else ran on the two cores during the window: other tasks, and steal. */
         double other_s = 100.0 * (cb1[0] - cb0[0] - (srv1 - srv0)) / wall;
