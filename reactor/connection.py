@@ -82,6 +82,10 @@ B_NONE, B_RING, B_FLAT = 0, 1, 2
 _SHUT_WR = socket.SHUT_WR
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _FIONREAD = termios.FIONREAD
+_OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # SIOCOUTQ: bytes the kernel still holds to send
+#: After --write-timeout with no byte taken from our queue, how long the kernel's own send
+#: queue is watched for progress before the peer is called slow.
+_WRITE_GRACE_S = 1.0
 _READ_EVENTS = IN | HUP | RDHUP | ERR
 _HANGUP = HUP | RDHUP | ERR
 _WRITE_EVENTS = OUT | HUP | ERR
@@ -288,7 +292,10 @@ class Connection(TimerEntry):
             # copy and no ring; if the kernel does not take it all, the rest is copied
             # into a ring then. Only bytes: anything mutable could change meanwhile.
             self._out = data
-            return self._queued(len(data))
+            n = len(data)
+            if n <= self._loop._share and n <= self._opts.high_water and self._flush_queued:
+                return True  # under both watermarks, flush already due: _queued has nothing to do
+            return self._queued(n)
         tx = self._tx if self._out is None else self._spill()
         if tx is None:
             tx = self._tx = self._loop._take_ring()
@@ -440,6 +447,9 @@ class Connection(TimerEntry):
             if ev & _HANGUP:
                 self._hup = True
             if ev & _READ_EVENTS and not self._pause:
+                # Flagged as due now, so that what the handlers write here needs no place
+                # in the loop's flush queue: the flush below sends it.
+                self._flush_queued = True
                 if self._batch == B_FLAT:
                     self._pump_flat(self._loop._read_budget)
                 else:
@@ -797,10 +807,27 @@ class Connection(TimerEntry):
         return max(due, now)
 
     def _write_stalled(self, now: float) -> bool:
-        """Over the high watermark and no byte taken by the kernel for write_timeout_s:
-        a slow consumer (nginx's send_timeout; Redis's soft output limit)."""
+        """Over the high watermark and no byte taken for write_timeout_s: a slow consumer
+        (nginx's send_timeout; Redis's soft output limit), unless the kernel's send queue
+        is still shrinking. A peer that reads slowly from a large kernel buffer takes bytes
+        without ever raising an OUT edge (the kernel waits for a third of the buffer to be
+        free), so before the abort the queue (SIOCOUTQ) is watched for ``_WRITE_GRACE_S``
+        more: if it shrank, the peer is reading and the deadline starts again."""
         timeout = self._opts.write_timeout_s
         if timeout <= 0 or not self._over_high or now - self._last_tx < timeout - 1e-9:
+            return False
+        watched = self._loop._outq_seen
+        before = watched.pop(self, None)
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(self._sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            queued = -1
+        if queued == 0:  # the kernel has room: send (an OUT edge was missed, or is late)
+            self._flush()
+            return self._state == CLOSED
+        if queued > 0 and (before is None or queued < before):
+            watched[self] = queued
+            self._last_tx = now - timeout + _WRITE_GRACE_S  # look again after the grace
             return False
         log.debug("connection %s: %d bytes queued and none sent for %g s", self.id,
                   self.send_buffered, now - self._last_tx)
@@ -952,6 +979,8 @@ class Connection(TimerEntry):
         self._state = CLOSED
         if self._reason is None:
             self._reason = reason
+        if self._loop._outq_seen:
+            self._loop._outq_seen.pop(self, None)
         self._loop._wheel.cancel(self)  # whatever it was armed for; a no-op if nothing
         self._loop._forget(self)
         try:

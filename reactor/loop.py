@@ -139,6 +139,9 @@ class Loop:
         self._accepting: list[Listener] = []  # listeners whose accept budget ran out
         self._flushq: list[Connection] = []
         self._starved: list[Connection] = []
+        # Connections past their write deadline whose kernel send queue is being watched
+        # for progress (Connection._write_stalled): the queue's size at the last look.
+        self._outq_seen: dict[Connection, int] = {}
         self._soon: collections.deque[Handle] = collections.deque()
         self._scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
         self._ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand

@@ -457,6 +457,12 @@ class TimerWheel:
         cur = self._cur
         if now_tick < cur:
             now_tick = cur
+        elif now_tick < self._next_tick:
+            # No timer can be due before the cached next tick (a lower bound of every
+            # deadline; _INVALID is -1, never above): nothing to fire, and the cache
+            # stays valid for next_deadline(). _cur is left alone: buckets that are only
+            # re-placed on the way (ticks <= a deadline) are processed by a later call.
+            return 0
         firing = self._firing
         lag = self._lag
         lag_i = self._lag_count

@@ -660,8 +660,11 @@ def test_write_timeout_aborts_a_stalled_peer_but_not_a_slow_reader(mode):
                 pass
 
         sent = bytearray(blob)
-        for _ in range(6):  # 3 s: every 0.5 s the slow one reads until the server can send
-            clock.advance(0.5)  # more (it took some bytes); the other one reads nothing
+        # 4 s: the write timeout (2 s) and the grace in which the stalled one's kernel send
+        # queue is watched (1 s) pass. Every 0.5 s the slow one reads until the server can
+        # send more (it took some bytes); the other one reads nothing.
+        for _ in range(8):
+            clock.advance(0.5)
             before = slow_conn.send_buffered
             wait_for(lambda: slow_conn.send_buffered < before, step=step, what="progress")
             slow_conn.write(blob[:1 << 20])  # and the server keeps it over the watermark

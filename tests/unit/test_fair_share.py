@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from handlers.echo import LineEchoHandler
 from reactor import BufferPool, CloseReason, Loop
 from reactor.pool import MIN_SHARE, fair_share
+from tests.conftest import wait_for
 from tests.unit.test_connection import MODES, Recorder, client, run_until, serve
 
 
@@ -183,3 +184,52 @@ def test_a_peer_that_reads_is_not_closed_as_slow_while_one_that_never_reads_is(m
         run_until(loop, lambda: loop.connection_count == 0, timeout=20)
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reader_draining_a_large_kernel_buffer_is_not_a_slow_consumer(mode):
+    """It takes bytes, but too few at a time for the kernel to raise an OUT edge (it waits
+    for a third of the send buffer to be free), so the server sends nothing for longer than
+    the write timeout: the kernel's shrinking send queue (SIOCOUTQ) keeps it open."""
+    from reactor import FakeClock
+
+    class BigKernelBuffer(Recorder):
+        def on_connect(self, conn):
+            conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            super().on_connect(conn)
+
+    clock = FakeClock(1000.0)
+    loop = Loop(selector=mode, clock=clock)
+    h = BigKernelBuffer()
+    try:
+        addr = serve(loop, h, write_timeout_s=2.0, max_send_buffer=64 << 20)
+        slow, never = client(addr), client(addr)
+        run_until(loop, lambda: len(h.conns) == 2)
+        by_port = {conn.peer[1]: conn for conn in h.conns}
+        slow_conn, never_conn = (by_port[c.getsockname()[1]] for c in (slow, never))
+        blob = bytes(range(256)) * (48 << 12)  # 48 MiB each: the kernel takes a few
+        for conn in h.conns:
+            conn.write(blob)
+        run_until(loop, lambda: all(c._write_blocked for c in h.conns), what="both blocked")
+        slow.setblocking(False)
+        got = bytearray()
+        steps = 0
+        while never_conn.close_reason is None and steps < 40:  # 20 s of fake time at most
+            steps += 1
+            clock.advance(0.5)
+            want = len(got) + 65536  # 64 KiB per half second: always, but slowly
+            wait_for(lambda: len(got) >= want, what="the slow reader's bytes",
+                     step=lambda: (loop.run_once(0), got.extend(_recv_some(slow))))
+        assert never_conn.close_reason is CloseReason.SLOW_CONSUMER
+        assert slow_conn.close_reason is None
+        assert bytes(got) == blob[:len(got)]
+        assert slow_conn.bytes_out - len(got) > 0  # it is still behind: reading, slowly
+    finally:
+        loop.close()
+
+
+def _recv_some(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(16384)
+    except BlockingIOError:
+        return b""
