@@ -135,6 +135,35 @@ class ConnectionOptions:
             )
 
 
+class _Extra:
+    """What a connection sets rarely: kept apart so that most connections never pay for it."""
+
+    __slots__ = ("reason", "error", "user_data", "peer")
+
+    def __init__(self) -> None:
+        self.reason: CloseReason | None = None
+        self.error: OSError | None = None
+        self.user_data: Any = None
+        self.peer: Any = None
+
+
+_BATCH_CLASSES: dict[tuple[type, int], type] = {}
+
+
+def _batch_class(cls: type, batch: int) -> type:
+    """``cls`` with its read path ``batch`` as a class attribute (same layout: no slots)."""
+    base = cls.__dict__.get("_batch_base", cls)
+    if batch == B_NONE:
+        return base
+    key = (base, batch)
+    sub = _BATCH_CLASSES.get(key)
+    if sub is None:
+        sub = _BATCH_CLASSES[key] = type(base.__name__, (base,), {
+            "__slots__": (), "_batch": batch, "_batch_base": base,
+            "__module__": base.__module__, "__qualname__": base.__qualname__})
+    return sub
+
+
 class Connection(TimerEntry):
     """One peer. Created by the loop (accept or connect), never by users.
 
@@ -148,10 +177,19 @@ class Connection(TimerEntry):
     __slots__ = (
         "_loop", "_sock", "_handler", "_codec", "_rx", "_tx", "_opts",
         "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
-        "_hup", "_drain_left", "_batch", "_rest", "_out",
-        "_reason", "_last_rx", "_last_tx", "_partial_since", "id", "_peer", "created_at",
-        "bytes_in", "bytes_out", "error", "user_data",
+        "_hup", "_drain_left", "_rest", "_out",
+        "_last_rx", "_last_tx", "_partial_since", "_id", "_x", "created_at",
+        "bytes_in", "bytes_out",
     )
+    # Idle memory is the budget here (issue 10: <= 300 B a connection with 10,000 held), so
+    # what most connections never set lives elsewhere: the close reason, the error, the
+    # application's user_data and an outgoing connection's address in an _Extra made on
+    # first use (_x), the read path in the class (_batch, see _batch_class), the id drawn
+    # from the loop when first asked (an int object per connection otherwise).
+
+    #: How messages reach the handler (B_NONE, B_RING, B_FLAT): chosen once, at
+    #: construction, by moving the instance to a subclass that says so (_batch_class).
+    _batch = B_NONE
 
     #: Counted in the loop's books (connection_count, close reasons, stats). The loop's own
     #: service connections (the stats socket's) are an _UncountedConnection.
@@ -192,21 +230,74 @@ class Connection(TimerEntry):
         TimerEntry.__init__(self)
         # The batch fast path: a handler with on_batch and a codec with maybe_take_batch
         # (B_RING); with frames_end as well, reads decode in the loop's flat buffer (B_FLAT).
-        self._batch = (
+        batch = (
             B_NONE if handler.on_batch is None or not hasattr(codec, "maybe_take_batch")
             else B_FLAT if hasattr(codec, "frames_end") else B_RING
         )
-        self._reason: CloseReason | None = None
-        self.id = conn_id
-        self._peer = peer  # None for accepted connections: asked of the kernel when needed
+        if batch != type(self)._batch:
+            self.__class__ = _batch_class(type(self), batch)
+        self._x: _Extra | None = None
+        self._id = conn_id  # 0: drawn from the loop when first asked (the id property)
+        if peer is not None:  # None for accepted connections: asked of the kernel when needed
+            self._peer = peer
         self.created_at = self._last_rx = self._last_tx = loop._now
         self._partial_since = 0.0  # when the partial frame held now began arriving
         self.bytes_in = 0
         self.bytes_out = 0
-        self.error: OSError | None = None
-        self.user_data: Any = None
 
     # ------------------------------------------------------------------ facts
+
+    @property
+    def id(self) -> int:
+        """Unique on its loop (drawn when first asked, so not in accept order)."""
+        i = self._id
+        if not i:
+            i = self._id = self._loop._new_id()
+        return i
+
+    def _extra(self) -> _Extra:
+        x = self._x
+        if x is None:
+            x = self._x = _Extra()
+        return x
+
+    @property
+    def _reason(self) -> CloseReason | None:
+        x = self._x
+        return None if x is None else x.reason
+
+    @_reason.setter
+    def _reason(self, reason: CloseReason | None) -> None:
+        self._extra().reason = reason
+
+    @property
+    def _peer(self) -> Any:
+        x = self._x
+        return None if x is None else x.peer
+
+    @_peer.setter
+    def _peer(self, peer: Any) -> None:
+        self._extra().peer = peer
+
+    @property
+    def error(self) -> OSError | None:
+        """The socket error that closed the connection (without its traceback), or None."""
+        x = self._x
+        return None if x is None else x.error
+
+    @error.setter
+    def error(self, exc: OSError | None) -> None:
+        self._extra().error = exc
+
+    @property
+    def user_data(self) -> Any:
+        """The application's own per-connection state (None until set)."""
+        x = self._x
+        return None if x is None else x.user_data
+
+    @user_data.setter
+    def user_data(self, value: Any) -> None:
+        self._extra().user_data = value
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.peer!r} {_STATE_NAMES[self._state]}>"

@@ -363,9 +363,8 @@ class Loop:
         if family != socket.AF_UNIX:
             _tune(sock, opts)
         err = sock.connect_ex(target)
-        self._next_id += 1
         conn = Connection(self, sock, handler_factory(), codec_factory(), opts, target,
-                          self._next_id, connecting=True)
+                          self._new_id(), connecting=True)
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
             conn.error = OSError(err, os.strerror(err))
             self._own(sock.fileno(), conn)
@@ -377,6 +376,10 @@ class Loop:
         self._reshare()
         self._wheel.rearm(conn, timeout_s)  # the connect timeout (Connection._fire)
         return conn
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
 
     def _take_ring(self) -> RingBuffer:
         """An empty ring for a connection that is about to hold bytes."""
@@ -419,11 +422,10 @@ class Loop:
                       exc_info=exc)
             sock.close()
             return
-        self._next_id += 1
         # The address accept() returned is not kept (140 bytes per connection):
-        # conn.peer asks the kernel when someone wants it.
+        # conn.peer asks the kernel when someone wants it. The id is drawn when first asked.
         cls = Connection if listener._counted else _UncountedConnection
-        conn = cls(self, sock, handler, codec, opts, None, self._next_id)
+        conn = cls(self, sock, handler, codec, opts, None, 0)
         # ET: an fd already readable when added raises its edge at once, so bytes
         # that came with the handshake are not missed.
         self._register(fd, conn, writing=self._edge)
