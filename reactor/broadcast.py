@@ -33,7 +33,7 @@ def broadcast(conns: Iterable[Connection], msg: Any, codec: Codec | None = None)
     for conn in conns:
         if conn._state > 1:  # closing or closed
             closed += 1
-        elif conn._over_high:
+        elif not conn.writable:
             skipped += 1
             conn._loop._broadcast_skipped += 1
         elif conn.write(data):

@@ -23,7 +23,7 @@ not say again that bytes are still waiting. So:
    putting the connection on the ready list when the reason goes away, never by
    waiting for an edge.
 3. The socket is registered once for IN|OUT|RDHUP|ET and never modified: a send
-   that blocks only sets ``_write_blocked``; the next OUT edge (room appeared)
+   that blocks only sets ``F_BLOCKED``; the next OUT edge (room appeared)
    resumes the flush. In level-triggered mode the same code asks the selector
    for write interest while blocked and drops read interest while paused.
 
@@ -70,6 +70,12 @@ P_BACKPRESSURE = 2  # send ring above the high watermark
 P_STARVED = 4  # the buffer pool refused a chunk
 P_EOF = 8  # the peer's FIN was read, or the connection is closing
 P_FIN = 16  # the peer's FIN was read (set with P_EOF)
+
+# _flags: bits of the send side and the last edge (one int, not four slots per connection).
+F_FLUSH = 1  # queued for a flush this iteration (or flushed at the end of this event)
+F_BLOCKED = 2  # the kernel refused bytes: waiting for an OUT edge
+F_HIGH = 4  # the send backlog is over the high watermark (reading paused, on_paused sent)
+F_HUP = 8  # the peer's FIN or an error came with an edge: read on until EOF
 
 # _drain_left: bytes still to read in a shutdown drain, or one of these.
 NOT_DRAINING = -1
@@ -138,28 +144,26 @@ class ConnectionOptions:
 class _Extra:
     """What a connection sets rarely: kept apart so that most connections never pay for it."""
 
-    __slots__ = ("reason", "error", "user_data", "peer")
+    __slots__ = ("reason", "error", "user_data", "peer", "drain_left", "id")
 
     def __init__(self) -> None:
+        self.drain_left = NOT_DRAINING
+        self.id = 0
         self.reason: CloseReason | None = None
         self.error: OSError | None = None
         self.user_data: Any = None
         self.peer: Any = None
 
 
-_BATCH_CLASSES: dict[tuple[type, int], type] = {}
-
-
-def _batch_class(cls: type, batch: int) -> type:
-    """``cls`` with its read path ``batch`` as a class attribute (same layout: no slots)."""
-    base = cls.__dict__.get("_batch_base", cls)
-    if batch == B_NONE:
-        return base
+def _connection_class(cls: type, batch: int, loop: Loop) -> type:
+    """``cls`` with its read path ``batch`` and its ``loop`` as class attributes: a no-slot
+    subclass, made once per loop (kept in the loop's ``_conn_classes``)."""
+    base = cls.__dict__.get("_base", cls)
     key = (base, batch)
-    sub = _BATCH_CLASSES.get(key)
+    sub = loop._conn_classes.get(key)
     if sub is None:
-        sub = _BATCH_CLASSES[key] = type(base.__name__, (base,), {
-            "__slots__": (), "_batch": batch, "_batch_base": base,
+        sub = loop._conn_classes[key] = type(base.__name__, (base,), {
+            "__slots__": (), "_batch": batch, "_loop": loop, "_base": base,
             "__module__": base.__module__, "__qualname__": base.__qualname__})
     return sub
 
@@ -175,21 +179,22 @@ class Connection(TimerEntry):
     """
 
     __slots__ = (
-        "_loop", "_sock", "_handler", "_codec", "_rx", "_tx", "_opts",
-        "_state", "_pause", "_flush_queued", "_write_blocked", "_over_high",
-        "_hup", "_drain_left", "_rest", "_out",
-        "_last_rx", "_last_tx", "_partial_since", "_id", "_x", "created_at",
+        "_sock", "_handler", "_codec", "_rx", "_tx", "_opts",
+        "_state", "_pause", "_flags", "_rest", "_out",
+        "_last_rx", "_last_tx", "_partial_since", "_x", "created_at",
         "bytes_in", "bytes_out",
     )
     # Idle memory is the budget here (issue 10: <= 300 B a connection with 10,000 held), so
     # what most connections never set lives elsewhere: the close reason, the error, the
-    # application's user_data and an outgoing connection's address in an _Extra made on
-    # first use (_x), the read path in the class (_batch, see _batch_class), the id drawn
-    # from the loop when first asked (an int object per connection otherwise).
+    # application's user_data, an outgoing connection's address, a shutdown drain's quota
+    # and the id (drawn from the loop when first asked: an int object per connection
+    # otherwise) in an _Extra made on first use (_x); the loop and the read path in the
+    # class (see _connection_class).
 
-    #: How messages reach the handler (B_NONE, B_RING, B_FLAT): chosen once, at
-    #: construction, by moving the instance to a subclass that says so (_batch_class).
+    #: How messages reach the handler (B_NONE, B_RING, B_FLAT) and the loop: set once, at
+    #: construction, by moving the instance to a subclass that holds them (_connection_class).
     _batch = B_NONE
+    _loop: Loop
 
     #: Counted in the loop's books (connection_count, close reasons, stats). The loop's own
     #: service connections (the stats socket's) are an _UncountedConnection.
@@ -207,7 +212,6 @@ class Connection(TimerEntry):
         *,
         connecting: bool = False,
     ) -> None:
-        self._loop = loop
         self._sock = sock  # its fd is asked of it when needed: no int object kept per connection
         self._handler = handler
         self._codec = codec
@@ -221,11 +225,7 @@ class Connection(TimerEntry):
         self._opts = opts
         self._state = CONNECTING if connecting else OPEN
         self._pause = 0
-        self._flush_queued = False
-        self._write_blocked = False
-        self._over_high = False
-        self._hup = False
-        self._drain_left = NOT_DRAINING
+        self._flags = 0  # F_FLUSH | F_BLOCKED | F_HIGH | F_HUP
         # The connection is its own wheel entry for the idle and heartbeat checks (_fire).
         TimerEntry.__init__(self)
         # The batch fast path: a handler with on_batch and a codec with maybe_take_batch
@@ -234,10 +234,10 @@ class Connection(TimerEntry):
             B_NONE if handler.on_batch is None or not hasattr(codec, "maybe_take_batch")
             else B_FLAT if hasattr(codec, "frames_end") else B_RING
         )
-        if batch != type(self)._batch:
-            self.__class__ = _batch_class(type(self), batch)
+        self.__class__ = _connection_class(type(self), batch, loop)
         self._x: _Extra | None = None
-        self._id = conn_id  # 0: drawn from the loop when first asked (the id property)
+        if conn_id:  # 0: drawn from the loop when first asked (the id property)
+            self._extra().id = conn_id
         if peer is not None:  # None for accepted connections: asked of the kernel when needed
             self._peer = peer
         self.created_at = self._last_rx = self._last_tx = loop._now
@@ -250,16 +250,27 @@ class Connection(TimerEntry):
     @property
     def id(self) -> int:
         """Unique on its loop (drawn when first asked, so not in accept order)."""
-        i = self._id
-        if not i:
-            i = self._id = self._loop._new_id()
-        return i
+        x = self._extra()
+        if not x.id:
+            x.id = self._loop._new_id()
+        return x.id
 
     def _extra(self) -> _Extra:
         x = self._x
         if x is None:
             x = self._x = _Extra()
         return x
+
+    @property
+    def _drain_left(self) -> int:
+        """Bytes still to read in a shutdown drain, NOT_DRAINING or DRAINED. Read on the
+        hot path only behind ``loop._shutting_down``."""
+        x = self._x
+        return NOT_DRAINING if x is None else x.drain_left
+
+    @_drain_left.setter
+    def _drain_left(self, n: int) -> None:
+        self._extra().drain_left = n
 
     @property
     def _reason(self) -> CloseReason | None:
@@ -326,7 +337,7 @@ class Connection(TimerEntry):
     @property
     def writable(self) -> bool:
         """False while the send buffer is above its high watermark (after on_paused)."""
-        return not self._over_high
+        return not self._flags & F_HIGH
 
     @property
     def send_buffered(self) -> int:
@@ -384,7 +395,7 @@ class Connection(TimerEntry):
             # into a ring then. Only bytes: anything mutable could change meanwhile.
             self._out = data
             n = len(data)
-            if n <= self._loop._share and n <= self._opts.high_water and self._flush_queued:
+            if n <= self._loop._share and n <= self._opts.high_water and self._flags & F_FLUSH:
                 return True  # under both watermarks, flush already due: _queued has nothing to do
             return self._queued(n)
         tx = self._tx if self._out is None else self._spill()
@@ -402,8 +413,8 @@ class Connection(TimerEntry):
 
     def _queued(self, n: int) -> bool:
         """``n`` bytes are now queued: schedule the flush, apply the watermarks and the limit."""
-        if not self._flush_queued:
-            self._flush_queued = True
+        if not self._flags & F_FLUSH:
+            self._flags |= F_FLUSH
             self._loop._flushq.append(self)
         opts = self._opts
         high = opts.high_water
@@ -423,8 +434,8 @@ class Connection(TimerEntry):
                               self.id, n, opts.max_send_buffer)
                     self.abort(CloseReason.SLOW_CONSUMER)
                     return False
-            if not self._over_high and n > high:
-                self._over_high = True
+            if not self._flags & F_HIGH and n > high:
+                self._flags |= F_HIGH
                 self._set_pause(P_BACKPRESSURE)
                 if opts.write_timeout_s > 0.0:  # the peer must now take bytes by then
                     self._loop._wheel.rearm_sooner(self, opts.write_timeout_s)
@@ -433,7 +444,7 @@ class Connection(TimerEntry):
 
     def _flush(self) -> None:
         """Send what the send ring holds: one sendmsg of its segments per round."""
-        self._flush_queued = False
+        self._flags &= ~F_FLUSH
         st = self._state
         if st == CONNECTING or st >= LINGER:
             return
@@ -475,23 +486,23 @@ class Connection(TimerEntry):
             if n < covered:  # the kernel's buffer is full: wait for the OUT edge
                 break
             if sent >= _FLUSH_BUDGET and tx:  # fair share spent; more next iteration
-                self._flush_queued = True
+                self._flags |= F_FLUSH
                 self._loop._flushq.append(self)
                 break
         if sent:
             self.bytes_out += sent
             self._loop._bytes_out += sent
             self._last_tx = self._loop._now
-        blocked = bool(tx) and not self._flush_queued
-        if blocked != self._write_blocked:
-            self._write_blocked = blocked
+        blocked = bool(tx) and not self._flags & F_FLUSH
+        if blocked != bool(self._flags & F_BLOCKED):
+            self._flags ^= F_BLOCKED
             if not self._loop._edge:
                 self._sync_interest()
         if not tx and tx is not _EMPTY:
             self._tx = None
             self._loop._ring_free.append(tx)
-        if self._over_high and len(tx) <= self._low_water():
-            self._over_high = False
+        if self._flags & F_HIGH and len(tx) <= self._low_water():
+            self._flags &= ~F_HIGH
             self._clear_pause(P_BACKPRESSURE)
             self._call("on_writable")
         if not tx and self._state == CLOSING:
@@ -515,7 +526,7 @@ class Connection(TimerEntry):
         self._clear_pause(P_USER)
 
     def _set_pause(self, bit: int) -> None:
-        if self._drain_left != NOT_DRAINING:  # a drain reads what was queued regardless
+        if self._loop._shutting_down and self._drain_left != NOT_DRAINING:  # a drain reads regardless
             bit &= ~(P_USER | P_BACKPRESSURE)
         was = self._pause
         self._pause = was | bit
@@ -536,11 +547,11 @@ class Connection(TimerEntry):
         st = self._state
         if st == OPEN:
             if ev & _HANGUP:
-                self._hup = True
+                self._flags |= F_HUP
             if ev & _READ_EVENTS and not self._pause:
                 # Flagged as due now, so that what the handlers write here needs no place
                 # in the loop's flush queue: the flush below sends it.
-                self._flush_queued = True
+                self._flags |= F_FLUSH
                 if self._batch == B_FLAT:
                     self._pump_flat(self._loop._read_budget)
                 else:
@@ -548,9 +559,9 @@ class Connection(TimerEntry):
                 # Replies to what this burst delivered leave now, in one sendmsg, so their
                 # chunks go back to the pool at once instead of piling up until the end of
                 # the iteration (with 1,000 events per poll that was 1,000 chunks touched).
-                if self._flush_queued:
+                if self._flags & F_FLUSH:
                     self._flush()
-            if ev & _WRITE_EVENTS and self._write_blocked and self._state <= CLOSING:
+            if ev & _WRITE_EVENTS and self._flags & F_BLOCKED and self._state <= CLOSING:
                 self._flush()
         elif st == CLOSING:
             if ev & _WRITE_EVENTS and (self._tx or self._out is not None):
@@ -568,7 +579,7 @@ class Connection(TimerEntry):
             self._deliver()
             if self._state == OPEN and not self._pause:
                 self._pump_reads()
-            if self._flush_queued:
+            if self._flags & F_FLUSH:
                 self._flush()
         elif st == LINGER:
             self._linger_reads()
@@ -663,7 +674,7 @@ class Connection(TimerEntry):
             want = len(view)
             if want > share:
                 want = share
-            if self._drain_left >= 0 and want > self._drain_left:
+            if loop._shutting_down and 0 <= self._drain_left < want:
                 want = self._drain_left
             try:
                 n = self._sock.recv_into(view, want)
@@ -707,12 +718,12 @@ class Connection(TimerEntry):
                 if self._state == OPEN:
                     self._codec_error(error)
                 return
-            if self._drain_left >= 0:
+            if loop._shutting_down and self._drain_left >= 0:
                 self._drain_left -= n
                 if self._drain_left == 0:
                     self._drain_done()
                     return
-            if n < want and not self._hup:
+            if n < want and not self._flags & F_HUP:
                 return  # short read: drained (invariant 1)
             budget -= n
             if budget <= 0:
@@ -747,7 +758,7 @@ class Connection(TimerEntry):
         want = len(view)
         if want > share:
             want = share
-        if self._drain_left >= 0 and want > self._drain_left:
+        if loop._shutting_down and 0 <= self._drain_left < want:
             want = self._drain_left
         try:
             n = recv_into(view, want)
@@ -772,12 +783,12 @@ class Connection(TimerEntry):
         self._deliver()
         if not before and len(rx):  # a partial frame (or frames held by a pause) began
             self._partial_began()
-        if self._drain_left >= 0:
+        if loop._shutting_down and self._drain_left >= 0:
             self._drain_left -= n
             if self._drain_left == 0:
                 self._drain_done()
                 return -1
-        if n < want and not self._hup:
+        if n < want and not self._flags & F_HUP:
             self._drop_rx_if_empty()
             return -1  # short read: drained (invariant 1)
         return n
@@ -885,7 +896,7 @@ class Connection(TimerEntry):
         due = float("inf")
         if opts.idle_timeout_s > 0:
             due = self._last_rx + opts.idle_timeout_s
-        if self._over_high:  # no heartbeat to a peer that is not reading; a write deadline
+        if self._flags & F_HIGH:  # no heartbeat to a peer that is not reading; a write deadline
             if opts.write_timeout_s > 0:
                 due = min(due, self._last_tx + opts.write_timeout_s)
         elif opts.heartbeat_s > 0:
@@ -905,10 +916,12 @@ class Connection(TimerEntry):
         free), so before the abort the queue (SIOCOUTQ) is watched for ``_WRITE_GRACE_S``
         more: if it shrank, the peer is reading and the deadline starts again."""
         timeout = self._opts.write_timeout_s
-        if timeout <= 0 or not self._over_high or now - self._last_tx < timeout - 1e-9:
+        if timeout <= 0 or not self._flags & F_HIGH or now - self._last_tx < timeout - 1e-9:
             return False
         watched = self._loop._outq_seen
-        before = watched.pop(self, None)
+        seen = watched.pop(self, None)
+        # The last look counts only if nothing was sent since (a send refills the queue).
+        before = seen[0] if seen is not None and seen[1] == self._last_tx else None
         try:
             queued = struct.unpack("i", fcntl.ioctl(self._sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
         except OSError:
@@ -917,8 +930,8 @@ class Connection(TimerEntry):
             self._flush()
             return self._state == CLOSED
         if queued > 0 and (before is None or queued < before):
-            watched[self] = queued
             self._last_tx = now - timeout + _WRITE_GRACE_S  # look again after the grace
+            watched[self] = (queued, self._last_tx)
             return False
         log.debug("connection %s: %d bytes queued and none sent for %g s", self.id,
                   self.send_buffered, now - self._last_tx)
@@ -957,7 +970,7 @@ class Connection(TimerEntry):
             self._call("on_idle")
             if self._state != OPEN:
                 return
-        if (opts.heartbeat_s > 0 and not self._over_high
+        if (opts.heartbeat_s > 0 and not self._flags & F_HIGH
                 and now - self._last_tx >= opts.heartbeat_s - 1e-9):
             self._last_tx = now  # the next heartbeat is a period later even if nothing is sent
             self._call("on_heartbeat")
@@ -990,8 +1003,8 @@ class Connection(TimerEntry):
             return
         # A peer that never reads must not hold a closing connection forever.
         self._loop._wheel.rearm(self, self._opts.close_timeout_s)
-        if not self._flush_queued and not self._write_blocked:
-            self._flush_queued = True
+        if not self._flags & (F_FLUSH | F_BLOCKED):
+            self._flags |= F_FLUSH
             self._loop._flushq.append(self)
 
     def _close_expired(self) -> None:
@@ -1172,7 +1185,7 @@ class Connection(TimerEntry):
         """Level-triggered mode only: make the selector's interest match our state."""
         st = self._state
         reading = (st == OPEN and not self._pause) or st == LINGER
-        writing = st == CONNECTING or (self._write_blocked and st <= CLOSING)
+        writing = st == CONNECTING or (bool(self._flags & F_BLOCKED) and st <= CLOSING)
         if st != CLOSED:
             self._loop._selector.set_interest(self._sock.fileno(), reading, writing)
 

@@ -35,7 +35,7 @@ import stat
 from typing import Any, Callable
 
 from .clock import Clock, MonotonicClock
-from .connection import Connection, ConnectionOptions, _peer_str, _UncountedConnection
+from .connection import F_FLUSH, Connection, ConnectionOptions, _peer_str, _UncountedConnection
 from .errors import CloseReason
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
@@ -140,11 +140,14 @@ class Loop:
         self._flushq: list[Connection] = []
         self._starved: list[Connection] = []
         # Connections past their write deadline whose kernel send queue is being watched
-        # for progress (Connection._write_stalled): the queue's size at the last look.
-        self._outq_seen: dict[Connection, int] = {}
+        # for progress (Connection._write_stalled): the queue's size at the last look, and
+        # the connection's _last_tx then (a send since makes that look stale).
+        self._outq_seen: dict[Connection, tuple[int, float]] = {}
         self._soon: collections.deque[Handle] = collections.deque()
         self._scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
         self._ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand
+        # (Connection class, read path) -> its subclass holding this loop (_connection_class)
+        self._conn_classes: dict[tuple[type, int], type] = {}
         # One big buffer every connection reads into (see Connection._pump_reads); its
         # own one-chunk pool, so it never competes with the connections' chunks.
         self._scratch_ring = RingBuffer(BufferPool(read_budget, 1))
@@ -544,7 +547,7 @@ class Loop:
         if flushq:
             self._flushq = []
             for conn in flushq:
-                if conn._flush_queued:
+                if conn._flags & F_FLUSH:
                     conn._flush()
         if self._starved and not self.pool.is_low(self._read_keep):
             starved = self._starved

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from handlers.echo import LineEchoHandler
 from reactor import BufferPool, CloseReason, Loop
+from reactor.connection import F_BLOCKED
 from reactor.pool import MIN_SHARE, fair_share
 from tests.conftest import wait_for
 from tests.unit.test_connection import MODES, Recorder, client, run_until, serve
@@ -210,7 +211,7 @@ def test_a_reader_draining_a_large_kernel_buffer_is_not_a_slow_consumer(mode):
         blob = bytes(range(256)) * (48 << 12)  # 48 MiB each: the kernel takes a few
         for conn in h.conns:
             conn.write(blob)
-        run_until(loop, lambda: all(c._write_blocked for c in h.conns), what="both blocked")
+        run_until(loop, lambda: all(c._flags & F_BLOCKED for c in h.conns), what="both blocked")
         slow.setblocking(False)
         got = bytearray()
         steps = 0
