@@ -89,7 +89,8 @@ class Loop:
     ``pool``: the buffer pool every connection's rings borrow from (default: an
     elastic pool of ``chunk_size`` chunks, ``pool_chunks`` mapped at first, growing up
     to ``pool_max_chunks``). ``read_budget``: bytes one connection may read per turn
-    before others are served. ``read_reserve``: chunks kept back from reads for sends
+    before others are served; ``read_size``: bytes one recv asks for at most (the fair
+    share's ceiling). ``read_reserve``: chunks kept back from reads for sends
     once the pool is at its cap (default: 1/8 of the cap).
     ``raise_fd_limit``: raise the soft RLIMIT_NOFILE to the hard limit now.
     """
@@ -104,12 +105,15 @@ class Loop:
         pool_chunks: int = 4096,
         pool_max_chunks: int = 65536,
         read_budget: int = 256 * 1024,
+        read_size: int = 64 * 1024,
         read_reserve: int | None = None,
         tick_s: float = 0.001,
         raise_fd_limit: bool = True,
     ) -> None:
         if read_budget < 1:
             raise ValueError(f"read_budget must be >= 1, not {read_budget}")
+        if read_size < 1:
+            raise ValueError(f"read_size must be >= 1, not {read_size}")
         if raise_fd_limit:
             _raise_fd_limit()
         self._clock: Clock = clock if clock is not None else MonotonicClock()
@@ -129,6 +133,10 @@ class Loop:
         self._pool_arenas = pool._arenas  # more than one: grown, trim() may give some back
         self._trim_timer: Timer | None = None
         self._read_budget = read_budget
+        # The most one recv asks for (the fair share's ceiling). 64 KiB as py_et_echo's window
+        # and libuv's read size: under tcp_mem pressure in a no-window flood, 256 KiB replies
+        # left 10x more connections without a byte for seconds than 64 KiB ones (issue 10).
+        self._read_size = min(read_size, read_budget)
         self._wheel = TimerWheel(self._clock, tick_s=tick_s, on_error=self._timer_failed)
         # Who owns each registered fd, indexed by the fd: a list, not a dict, because fds
         # are small dense ints (no hash entry and no key object per connection).
@@ -471,7 +479,7 @@ class Loop:
         pauses reading, so the connections together stay within the pool's cap; one that
         holds less than its share is never refused memory (at the cap it borrows from the
         heap, counted as overflow), so no connection waits on another's peer."""
-        self._share = fair_share(self.pool.max_bytes, self._nconns, self._read_budget)
+        self._share = fair_share(self.pool.max_bytes, self._nconns, self._read_size)
 
     @property
     def buffer_share(self) -> int:

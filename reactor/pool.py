@@ -27,7 +27,8 @@ MIN_SHARE = 4096
 
 def fair_share(max_bytes: int, conns: int, read_budget: int) -> int:
     """Bytes of buffer memory one of ``conns`` connections may hold: ``max_bytes`` (the
-    pool's cap) over twice the connections, at least ``MIN_SHARE``, at most ``read_budget``.
+    pool's cap) over twice the connections, at least ``MIN_SHARE``, at most ``read_budget``
+    (the loop passes its read size, what one recv asks for).
 
     Twice, because a connection's send backlog may pass its share by one read's reply
     before reading pauses: a read asks at most one share, and reading stops once the

@@ -189,9 +189,10 @@ def test_a_peer_that_reads_is_not_closed_as_slow_while_one_that_never_reads_is(m
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_reader_draining_a_large_kernel_buffer_is_not_a_slow_consumer(mode):
-    """It takes bytes, but too few at a time for the kernel to raise an OUT edge (it waits
-    for a third of the send buffer to be free), so the server sends nothing for longer than
-    the write timeout: the kernel's shrinking send queue (SIOCOUTQ) keeps it open."""
+    """It takes bytes, but too few at a time for the kernel to raise an OUT edge soon (it
+    waits for a third of the send buffer, ~2.7 MiB here, to be free), so the server may send
+    nothing for longer than the write timeout: the kernel's shrinking send queue (SIOCOUTQ)
+    keeps it open."""
     from reactor import FakeClock
 
     class BigKernelBuffer(Recorder):
@@ -218,7 +219,9 @@ def test_a_reader_draining_a_large_kernel_buffer_is_not_a_slow_consumer(mode):
         while never_conn.close_reason is None and steps < 40:  # 20 s of fake time at most
             steps += 1
             clock.advance(0.5)
-            want = len(got) + 65536  # 64 KiB per half second: always, but slowly
+            # 256 KiB per half second: always, but slowly (well above loopback's 64 KiB MSS,
+            # so the window it frees is announced: less would leave the kernel's queue still)
+            want = len(got) + (256 << 10)
             wait_for(lambda: len(got) >= want, what="the slow reader's bytes",
                      step=lambda: (loop.run_once(0), got.extend(_recv_some(slow))))
         assert never_conn.close_reason is CloseReason.SLOW_CONSUMER
