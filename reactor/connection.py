@@ -155,6 +155,26 @@ class _Extra:
         self.peer: Any = None
 
 
+class _InExtra:
+    """A connection attribute kept in its _Extra: its default until first set."""
+
+    # No __slots__: a few of these exist, one per attribute, and __doc__ needs the dict.
+
+    def __init__(self, name: str, default: Any, doc: str) -> None:
+        self.name = name
+        self.default = default
+        self.__doc__ = doc
+
+    def __get__(self, conn: Any, owner: type | None = None) -> Any:
+        if conn is None:
+            return self
+        x = conn._x
+        return self.default if x is None else getattr(x, self.name)
+
+    def __set__(self, conn: Any, value: Any) -> None:
+        setattr(conn._extra(), self.name, value)
+
+
 def _connection_class(cls: type, batch: int, loop: Loop) -> type:
     """``cls`` with its read path ``batch`` and its ``loop`` as class attributes: a no-slot
     subclass, made once per loop (kept in the loop's ``_conn_classes``)."""
@@ -261,57 +281,16 @@ class Connection(TimerEntry):
             x = self._x = _Extra()
         return x
 
-    @property
-    def _drain_left(self) -> int:
-        """Bytes still to read in a shutdown drain, NOT_DRAINING or DRAINED. Read on the
-        hot path only behind ``loop._shutting_down``."""
-        x = self._x
-        return NOT_DRAINING if x is None else x.drain_left
-
-    @_drain_left.setter
-    def _drain_left(self, n: int) -> None:
-        self._extra().drain_left = n
-
-    @property
-    def _reason(self) -> CloseReason | None:
-        x = self._x
-        return None if x is None else x.reason
-
-    @_reason.setter
-    def _reason(self, reason: CloseReason | None) -> None:
-        self._extra().reason = reason
-
-    @property
-    def _peer(self) -> Any:
-        x = self._x
-        return None if x is None else x.peer
-
-    @_peer.setter
-    def _peer(self, peer: Any) -> None:
-        self._extra().peer = peer
-
-    @property
-    def error(self) -> OSError | None:
-        """The socket error that closed the connection (without its traceback), or None."""
-        x = self._x
-        return None if x is None else x.error
-
-    @error.setter
-    def error(self, exc: OSError | None) -> None:
-        self._extra().error = exc
-
-    @property
-    def user_data(self) -> Any:
-        """The application's own per-connection state (None until set)."""
-        x = self._x
-        return None if x is None else x.user_data
-
-    @user_data.setter
-    def user_data(self, value: Any) -> None:
-        self._extra().user_data = value
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} {self.peer!r} {_STATE_NAMES[self._state]}>"
+    # Kept in the _Extra (see _InExtra): read as their default while it does not exist.
+    _drain_left = _InExtra("drain_left", NOT_DRAINING,
+                           "Bytes still to read in a shutdown drain, NOT_DRAINING or DRAINED. "
+                           "Read on the hot path only behind loop._shutting_down.")
+    _reason = _InExtra("reason", None, "Why the connection closed (or is closing); None while open.")
+    _peer = _InExtra("peer", None, "The peer's address once known.")
+    error = _InExtra("error", None,
+                     "The socket error that closed the connection (without its traceback), or None.")
+    user_data = _InExtra("user_data", None,
+                         "The application's own per-connection state (None until set).")
 
     @property
     def peer(self) -> Any:

@@ -6,7 +6,7 @@ whatever comes back, except the first ``--never-read`` connections, which never 
 consumers). What comes back must be the same stream: a reader's received bytes are checked
 against the ``ping\\n`` pattern at their offset (``mismatches`` counts reads that were not).
 Connections are opened at up to ``--rate`` per second and never reopened: ``initiated`` is
-every connect() made. Runs for ``--seconds`` after the last connect, then prints one JSON
+every connect() made. Runs for ``--seconds`` after the last connect (or until ``--stop-file`` exists), then prints one JSON
 object: initiated, established, connect_failures, closed_by_server (readers and never-readers
 apart), bytes_sent, bytes_received, mismatches.
 Run as ``python -m tests.integration.flood_client --port P --conns N``.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import resource
 import select
 import socket
@@ -48,6 +49,7 @@ def main() -> int:
     ap.add_argument("--never-read", type=int, default=0)
     ap.add_argument("--rate", type=float, default=10000.0)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--stop-file", help="stop early, as at --seconds, once this file exists")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -94,6 +96,8 @@ def main() -> int:
         if stop_at is None and out["initiated"] == args.conns:
             stop_at = now + args.seconds
         if stop_at is not None and now >= stop_at:
+            break
+        if args.stop_file and os.path.exists(args.stop_file):
             break
         for fd, ev in ep.poll(0.05):
             f = flows[fd]
