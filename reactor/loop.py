@@ -51,11 +51,11 @@ __all__ = ["Loop", "Handle"]
 log = logging.getLogger("reactor")
 
 _SOON_BUDGET = 10_000
-_TRIM_EVERY_S = 1.0
+_TRIM_EVERY_S = 1.0  # how often a grown pool gives back arenas that are wholly free
 #: Events dispatched between two turns of a listener with connections still queued: one
 #: poll returns up to 1,024 events, and at 10,000 flooding peers an iteration takes tens
 #: of ms, too long to leave the accept queue (net.core.somaxconn) unserved.
-_ACCEPT_EVERY = 256  # how often a grown pool gives back arenas that are wholly free
+_ACCEPT_EVERY = 256
 
 
 class Handle:
@@ -129,7 +129,6 @@ class Loop:
                 f"read_reserve must be in [0, {pool.chunks_max}), not {read_reserve}"
             )
         self._read_keep = read_reserve
-        self._pool_free = pool._free  # its free list, for a call-free "is the pool low?"
         self._pool_arenas = pool._arenas  # more than one: grown, trim() may give some back
         self._trim_timer: Timer | None = None
         self._read_budget = read_budget

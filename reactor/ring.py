@@ -103,7 +103,8 @@ class RingBuffer:
         If the tail chunk is full (or there is none) a new chunk is taken with
         ``pool.acquire(keep)``; ``None`` then means the caller should pause
         reading. With ``borrow`` the chunk comes from ``pool.borrow()`` instead
-        (a heap chunk if the pool is at its cap): never ``None``. Always follow with :meth:`commit` (``commit(0)`` if nothing
+        (a heap chunk if the pool is at its cap): never ``None``. Always follow
+        with :meth:`commit` (``commit(0)`` if nothing
         was read) before any other mutating call.
         """
         pool = self._pool

@@ -67,6 +67,7 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
             by_starved += why & P_STARVED != 0
     top = sorted(conns, key=lambda c: c.recv_buffered + c.send_buffered, reverse=True)[:TOP_N]
     closed = {r.value: n for r, n in loop._closed_by_reason.items()}
+    pool = loop.pool.stats()
     wheel = loop._wheel.stats()
     listeners = [lst for lst in loop.listeners if lst._counted]
     counters = {
@@ -76,10 +77,9 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "closed_total": sum(closed.values()),
         "bytes_in": loop._bytes_in,
         "bytes_out": loop._bytes_out,
-        "pool_refused": loop.pool.stats().exhausted_total,
+        "pool_refused": pool.exhausted_total,
     }
     rates = _rates(loop, now, counters)
-    pool = loop.pool.stats()
     doc: dict[str, Any] = {
         "version": STATS_VERSION,
         "pid": os.getpid(),
@@ -224,10 +224,9 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
             total[k] = round(total[k], 1)
     top.sort(key=lambda c: c.get("rx_bytes", 0) + c.get("tx_bytes", 0), reverse=True)
     # Per-worker sizes are not sums: every worker has the same chunk size and its own share.
-    for per_worker in ("chunk_size",):
-        for src in (chunks, pool):
-            if per_worker in src and docs:
-                src[per_worker] = docs[0].get("chunks", {}).get(per_worker, 0)
+    for src in (chunks, pool):
+        if "chunk_size" in src:
+            src["chunk_size"] = docs[0].get("chunks", {}).get("chunk_size", 0)
     if "refused_per_s" in pool:
         pool["refused_per_s"] = round(pool["refused_per_s"], 1)
     if docs and bound:

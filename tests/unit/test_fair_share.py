@@ -35,24 +35,6 @@ def test_fair_share_bounds(max_bytes, conns, read_budget):
     assert fair_share(max_bytes, conns + 1, read_budget) <= share
 
 
-@given(st.data())
-def test_backlogs_stay_within_two_shares_under_the_rules(data):
-    """A model of the rules, driven by hypothesis: each step one connection either reads
-    (only while its backlog is at most ``high``; the read's reply joins the backlog) or has
-    some of its backlog taken by its peer. No backlog ever passes two shares."""
-    share = data.draw(st.integers(MIN_SHARE, 1 << 18))
-    high = min(data.draw(st.integers(1, 1 << 18)), share)
-    backlog = [0] * data.draw(st.integers(1, 8))
-    for _ in range(data.draw(st.integers(1, 200))):
-        i = data.draw(st.integers(0, len(backlog) - 1))
-        if data.draw(st.booleans()):
-            if backlog[i] <= high:  # reading is paused above high (P_BACKPRESSURE)
-                backlog[i] += data.draw(st.integers(0, share))  # a read asks <= share
-        else:
-            backlog[i] -= data.draw(st.integers(0, backlog[i]))
-        assert max(backlog) <= 2 * share
-
-
 def test_the_share_follows_the_connection_count():
     pool = BufferPool(1024, 16, max_chunks=256)  # 256 KiB cap
     loop = Loop(pool=pool, read_budget=64 * 1024)
