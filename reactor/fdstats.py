@@ -16,7 +16,7 @@ from typing import Any
 from .procview import CPU_INTERVAL_S, NoPermission, ProcessGone, ProcessSampler
 from .stats import StatsError, advertised_path, read_stats
 
-__all__ = ["FDSTATS_VERSION", "Watcher", "render", "pool_view", "ProcessGone", "NoPermission",
+__all__ = ["FDSTATS_VERSION", "Watcher", "render", "pool_view", "fleet_view", "fleet_total", "ProcessGone", "NoPermission",
            "StatsError"]
 
 #: Version of fd-stats' JSON sample schema.
@@ -86,6 +86,7 @@ class Watcher:
                 rates = {name: reactor.get(f"{k}_per_s", 0.0) for k, name in _RATE_KEYS}
                 rates["pool_refused_per_s"] = pool_view(reactor)["refused_per_s"]
             self._prev = (now, reactor)
+        workers = fleet_view(reactor)
         return {
             "version": FDSTATS_VERSION,
             "pid": self.pid,
@@ -94,7 +95,47 @@ class Watcher:
             "stats_socket": self.stats_socket if reactor is not None else None,
             "reactor": reactor,
             "rates": rates,
+            "workers": workers,
+            "total": fleet_total(proc, reactor, workers),
         }
+
+
+def fleet_view(r: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One compact entry per worker of a supervisor's document (``[]`` for a single loop,
+    or no document): the figures that tell an uneven spread or a sick worker at a glance."""
+    out = []
+    for w in (r or {}).get("workers", []):
+        if "error" in w:
+            out.append({"index": w.get("index"), "pid": w.get("pid"), "error": w["error"]})
+            continue
+        pool, lag = pool_view(w), w.get("lag", {})
+        out.append({
+            "index": w.get("index"), "pid": w.get("pid"),
+            "connections": w.get("connections", 0), "accepted": w.get("accepted", 0),
+            "closed_total": w.get("closed_total", 0),
+            "closed": {k: v for k, v in w.get("closed", {}).items() if v},
+            "bytes_in": w.get("bytes_in", 0), "bytes_out": w.get("bytes_out", 0),
+            "lag_p50_s": lag.get("p50_s"), "lag_p99_s": lag.get("p99_s"),
+            "timers": w.get("timers", {}).get("entries"),
+            "pool_in_use": pool["chunks_in_use"], "pool_capacity": pool["chunks_capacity"],
+            "pool_refused": pool["refused"], "paused_reading": w.get("paused_reading"),
+            "rss_bytes": w.get("rss_bytes"),
+        })
+    return out
+
+
+def fleet_total(proc: dict[str, Any], r: dict[str, Any] | None,
+                workers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The whole service: a supervisor's sums over its workers, or a single loop's own
+    figures. ``rss_bytes`` counts the sampled process and every worker that answered
+    (a worker's RSS comes from its own document); ``workers_answered`` of ``workers``."""
+    if r is None:
+        return None
+    rss = proc["rss_bytes"] + sum(w.get("rss_bytes") or 0 for w in workers)
+    return {"workers": len(workers), "workers_answered": sum("error" not in w for w in workers),
+            "connections": r.get("connections", 0), "accepted": r.get("accepted", 0),
+            "closed_total": r.get("closed_total", 0), "bytes_in": r.get("bytes_in", 0),
+            "bytes_out": r.get("bytes_out", 0), "rss_bytes": rss}
 
 
 def pool_view(r: dict[str, Any]) -> dict[str, Any]:
@@ -185,19 +226,19 @@ def render(sample: dict[str, Any]) -> str:
     r = sample.get("reactor")
     if r is not None:
         rows += _reactor_rows(r, sample.get("rates") or {})
-        for w in r.get("workers", []):
-            if "error" in w:
-                rows.append((f"  worker {w['index']}", f"pid {w['pid']}: {w['error']}"))
-            else:
-                wp = pool_view(w)
-                rows.append((f"  worker {w['index']}",
-                             f"pid {w['pid']}  connections {w.get('connections', 0)}  "
-                             f"accepted {w.get('accepted', 0)}  in {_size(w.get('bytes_in', 0))}  "
-                             f"out {_size(w.get('bytes_out', 0))}  lag p99 "
-                             f"{w.get('lag', {}).get('p99_s', 0) * 1000:.1f} ms  "
-                             f"pool {_opt(wp['chunks_in_use'])} in use of "
-                             f"{_opt(wp['chunks_capacity'])}  refused {_opt(wp['refused'])}  "
-                             f"paused {_opt(w.get('paused_reading'))}"))
+        workers = sample.get("workers")
+        if workers is None:  # a sample from before the fleet view
+            workers = fleet_view(r)
+        rows += [_worker_row(w) for w in workers]
+        total = sample.get("total")
+        if workers and total:
+            rows.append(("  total", f"workers {total['workers_answered']} of "
+                                    f"{total['workers']} answered  connections "
+                                    f"{total['connections']}  accepted {total['accepted']}  "
+                                    f"closed {total['closed_total']}  "
+                                    f"in {_size(total['bytes_in'])}  "
+                                    f"out {_size(total['bytes_out'])}  rss "
+                                    f"{_size(total['rss_bytes'])} (supervisor + workers)"))
     else:
         rows.append(("reactor", "no stats socket (not a reactor process, or not advertised: "
                                 "pass --stats-socket PATH)"))
@@ -207,6 +248,21 @@ def render(sample: dict[str, Any]) -> str:
         out.append(f"WARNING: {lim['used_pct']:.1f} % of RLIMIT_NOFILE in use "
                    f"({lim['used']} of {lim['soft']}); raise the limit or lower --max-conns")
     return "\n".join(out)
+
+
+def _worker_row(w: dict[str, Any]) -> tuple[str, str]:
+    """One worker of a fleet: its load, how its connections ended, its loop, pool and RSS."""
+    if "error" in w:
+        return (f"  worker {w['index']}", f"pid {w['pid']}: {w['error']}")
+    closed = ", ".join(f"{k} {v}" for k, v in w["closed"].items())
+    return (f"  worker {w['index']}",
+            f"pid {w['pid']}  connections {w['connections']}  accepted {w['accepted']}  "
+            f"closed {w['closed_total']}{f' ({closed})' if closed else ''}  "
+            f"in {_size(w['bytes_in'])}  out {_size(w['bytes_out'])}  "
+            f"lag p99 {_opt(w['lag_p99_s'], lambda v: f'{v * 1000:.1f} ms')}  "
+            f"pool {_opt(w['pool_in_use'])} in use of {_opt(w['pool_capacity'])}  "
+            f"refused {_opt(w['pool_refused'])}  paused {_opt(w['paused_reading'])}  "
+            f"rss {_opt_size(w['rss_bytes'])}")
 
 
 def _limit(r: dict[str, Any], key: str, unit: str = "") -> str:

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import time
 from typing import Any, Callable
 
@@ -51,6 +52,10 @@ class ServerConfig:
     accept_rate: float = 0.0
     drain_timeout_s: float = 10.0
     stats_socket: str | None = None
+    #: Serve the stats document at all. Without ``stats_socket`` it is served at the
+    #: advertised path (``stats.advertised_path``: one per process, workers included), so
+    #: ``fd-stats PID`` finds it, and the supervisor finds its workers', unasked.
+    stats: bool = True
     options: ConnectionOptions = dataclasses.field(default_factory=ConnectionOptions)
     chunk_size: int = 16 * 1024
     pool_chunks: int = 4096  #: chunks mapped at start (the pool's first arena)
@@ -113,8 +118,24 @@ def run_server(
                       on_ready=on_ready)
 
 
-def _worker_stats_path(path: str, index: int) -> str:
-    return f"{path}.worker{index}"
+def _worker_stats_path(config: ServerConfig, index: int) -> str | None:
+    """Where worker ``index`` serves its stats: ``PATH.workerI`` beside an explicit
+    ``--stats-socket PATH``, else None (its own advertised path, keyed by its pid)."""
+    return f"{config.stats_socket}.worker{index}" if config.stats_socket else None
+
+
+def _serve_stats(loop: Loop, config: ServerConfig, path: str | None, **kw: Any) -> None:
+    """Serve the stats socket. An explicit path that cannot be bound is the caller's error
+    (OSError); the default, advertised one only warns: stats never keep a service down."""
+    if not config.stats:
+        return
+    if path is not None:
+        serve_stats(loop, path, **kw)
+        return
+    try:
+        serve_stats(loop, None, **kw)
+    except OSError as exc:
+        log.warning("no stats socket: %s", exc)
 
 
 def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
@@ -131,9 +152,8 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
                     max_conns_per_ip=config.max_conns_per_ip,
                     per_ip_reject_message=config.per_ip_reject_message,
                     accept_rate=config.accept_rate, options=config.options)
-        if config.stats_socket:
-            serve_stats(loop, config.stats_socket if stats else
-                        _worker_stats_path(config.stats_socket, worker or 0))
+        _serve_stats(loop, config, config.stats_socket if stats else
+                     _worker_stats_path(config, worker or 0))
         signals = {"count": 0}
 
         def on_signal(signame: str) -> None:
@@ -177,8 +197,8 @@ class _Supervisor:
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
         loop = self.loop
         try:
-            if self.config.stats_socket:
-                serve_stats(loop, self.config.stats_socket, provider=self._gather_stats)
+            _serve_stats(loop, self.config, self.config.stats_socket,
+                         provider=self._gather_stats)
             if on_ready is not None:
                 on_ready()
             loop.add_signal_handler(signal.SIGCHLD, self._reap)
@@ -197,7 +217,6 @@ class _Supervisor:
     def _gather_stats(self, reply: Callable[[dict[str, Any]], None]) -> None:
         """Ask every worker for its document (asynchronously, 2 s at most), then reply
         with their totals and one entry per worker."""
-        assert self.config.stats_socket is not None
         workers = sorted((i, pid) for pid, i in self.children.items())
         got: dict[int, dict[str, Any]] = {}
         pending = {i for i, _ in workers}
@@ -228,8 +247,8 @@ class _Supervisor:
         timer = self.loop.call_later(2.0, finish)
         if not workers:
             finish()
-        for i, _pid in workers:
-            path = _worker_stats_path(self.config.stats_socket, i)
+        for i, pid in workers:
+            path = _worker_stats_path(self.config, i) or advertised_path(pid)
             self.loop.connect(path, lambda i=i: _Gather(answered, i), WholeReply, timeout_s=2.0)
 
     def _spawn(self, index: int) -> None:
@@ -292,8 +311,8 @@ class _Supervisor:
             if pid == 0:
                 break
             index = self.children.get(pid)
-            if index is not None and self.config.stats_socket:
-                _drop_advert(pid, _worker_stats_path(self.config.stats_socket, index))
+            if index is not None and self.config.stats:
+                _drop_advert(pid, _worker_stats_path(self.config, index))
             out.append((pid, os.waitstatus_to_exitcode(raw)))
             if block:
                 self.children.pop(pid, None)
@@ -337,12 +356,16 @@ class _Gather(Handler):
         self.answered(self.index, self.doc)
 
 
-def _drop_advert(pid: int, path: str) -> None:
-    """Remove a dead worker's advertisement of its stats socket ``path``: a worker
-    killed outright (SIGKILL) could not, and the pid may be reused."""
+def _drop_advert(pid: int, path: str | None) -> None:
+    """Remove a dead worker's advertisement of its stats socket ``path`` (None: the socket
+    itself sits at the advertised path): a worker killed outright (SIGKILL) could not, and
+    the pid may be reused."""
     advert = advertised_path(pid)
     try:
-        if os.readlink(advert) == os.path.abspath(path):
+        if path is None:
+            if stat.S_ISSOCK(os.lstat(advert).st_mode):
+                os.unlink(advert)
+        elif os.readlink(advert) == os.path.abspath(path):
             os.unlink(advert)
     except OSError:
         pass

@@ -10,6 +10,7 @@ path keyed by PID so ``fd-stats PID`` finds it without being told.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ log = logging.getLogger("reactor")
 #: Version of the stats document's schema; bumped on any incompatible change.
 STATS_VERSION = 1
 TOP_N = 10
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _MAX_DOC_BYTES = 16 << 20  # a stats reply larger than this is garbage, not a document
 #: Counters whose per-second rates the document carries (since the previous request).
 _RATED = ("iterations", "events", "accepted", "closed_total", "bytes_in", "bytes_out",
@@ -56,16 +58,21 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
     now = loop.time()
     conns = loop.connections()
     rx = tx = paused = by_user = by_backpressure = by_starved = 0
+    busy: list[tuple[int, int, Connection]] = []  # only these can be "top": idle ones hold 0
     for c in conns:
-        rx += c.recv_buffered
-        tx += c.send_buffered
+        crx = c.recv_buffered
+        ctx = c.send_buffered
+        if crx or ctx:
+            rx += crx
+            tx += ctx
+            busy.append((crx + ctx, len(busy), c))
         if c.paused:
             paused += 1
             why = c._pause
             by_user += why & P_USER != 0
             by_backpressure += why & P_BACKPRESSURE != 0
             by_starved += why & P_STARVED != 0
-    top = sorted(conns, key=lambda c: c.recv_buffered + c.send_buffered, reverse=True)[:TOP_N]
+    top = [c for _n, _i, c in heapq.nlargest(TOP_N, busy)]
     closed = {r.value: n for r, n in loop._closed_by_reason.items()}
     pool = loop.pool.stats()
     wheel = loop._wheel.stats()
@@ -109,9 +116,20 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "lag": {"p50_s": wheel.lag_p50_s, "p99_s": wheel.lag_p99_s},
         "listeners": [_listener_doc(lst) for lst in listeners],
         "shutting_down": loop.shutting_down,
-        "top": [c._snapshot(now) for c in top if c.recv_buffered + c.send_buffered],
+        "rss_bytes": _own_rss(),
+        "top": [c._snapshot(now) for c in top],
     }
     return doc
+
+
+def _own_rss() -> int | None:
+    """This process's resident set now (Linux /proc/self/statm; None elsewhere). The stats
+    socket says it so a supervisor can sum its workers' without a sampler of its own."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return None
 
 
 def _pool_doc(pool: PoolStats, counters: dict[str, int], rates: dict[str, float]
@@ -190,7 +208,7 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
 _SUMMED = ("connections", "iterations", "events", "accepted", "closed_total", "bytes_in",
            "bytes_out", "paused_reading", "broadcast_skipped", "per_ip_rejections",
            "accept_pauses", "line_timeouts", "slow_consumer_closes", "rx_bytes", "tx_bytes",
-           "pool_refused",
+           "pool_refused", "rss_bytes",
            *(f"{k}_per_s" for k in _RATED))
 
 
@@ -209,7 +227,7 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     top: list[dict[str, Any]] = []
     for d in docs:
         for k in _SUMMED:
-            total[k] += d.get(k, 0)
+            total[k] += d.get(k) or 0
         for src, dst in ((d.get("closed", {}), closed), (d.get("chunks", {}), chunks),
                          (d.get("timers", {}), timers), (d.get("pool", {}), pool),
                          (d.get("paused", {}), paused), (d.get("memory_bound", {}), bound)):

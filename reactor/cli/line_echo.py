@@ -85,8 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send PING after SEC seconds with nothing sent; 0 = off (default)")
     p.add_argument("--drain-timeout", type=_seconds, default=10.0, metavar="SEC",
                    help="on SIGTERM/SIGINT, how long to drain before dropping (default 10)")
-    p.add_argument("--stats-socket", metavar="PATH",
-                   help="serve the reactor's internals as JSON on this unix socket (mode 0600)")
+    stats = p.add_mutually_exclusive_group()
+    stats.add_argument("--stats-socket", metavar="PATH",
+                       help="serve the reactor's internals as JSON on this unix socket (mode "
+                            "0600; default: the advertised one fd-stats PID finds, one per "
+                            "worker)")
+    stats.add_argument("--no-stats-socket", action="store_true",
+                       help="serve no stats socket at all")
     p.add_argument("--backlog", type=_at_least_one, default=1024, metavar="N",
                    help="listen backlog (default 1024; the kernel caps it at somaxconn)")
     p.add_argument("--log-level", type=_level, default="info", metavar="LEVEL",
@@ -112,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accept_rate=args.accept_rate,
         drain_timeout_s=args.drain_timeout,
         stats_socket=args.stats_socket,
+        stats=not args.no_stats_socket,
         options=_options(args),
         max_buffer_bytes=args.max_buffer_memory,
     )

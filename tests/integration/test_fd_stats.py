@@ -151,6 +151,77 @@ def test_workers_show_the_sum_and_each_worker(daemon, tmp_path):
         s.close()
 
 
+def _children(pid: int) -> set[int]:
+    return {int(x) for x in open(f"/proc/{pid}/task/{pid}/children").read().split()}
+
+
+def _statm_rss(pid: int) -> int:
+    return int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_the_fleet_is_found_unasked_and_shows_each_worker_and_the_total(daemon):
+    """No --stats-socket anywhere: the supervisor and each worker advertise their own, and
+    fd-stats on the supervisor shows every worker, the total, and a restarted worker."""
+    from reactor.stats import advertised_path
+
+    d = daemon("--workers", "3")
+    wait_for(lambda: len(_children(d.pid)) == 3, 10, "three workers")
+    socks = hold_echoed(d, 60)
+    r = fd_stats(str(d.pid), "--json")
+    assert r.returncode == 0, r.stderr
+    sample = json.loads(r.stdout)
+    assert sample["stats_socket"] == advertised_path(d.pid)
+    workers, total = sample["workers"], sample["total"]
+    pids = _children(d.pid)
+    assert {w["pid"] for w in workers} == pids and [w["index"] for w in workers] == [0, 1, 2]
+    assert sum(w["connections"] for w in workers) == total["connections"] == 60
+    assert total["accepted"] == 60 and total["workers"] == total["workers_answered"] == 3
+    sent = sum(len(b"c%d\n" % i) for i in range(60))
+    assert total["bytes_in"] == total["bytes_out"] == sent
+    for w in workers:
+        # The worker's own figure, read from /proc/self/statm a moment before ours.
+        assert abs(w["rss_bytes"] - _statm_rss(w["pid"])) < 4 << 20, w
+        assert w["closed_total"] == 0 and w["lag_p99_s"] is not None
+    assert total["rss_bytes"] == sample["process"]["rss_bytes"] + sum(
+        w["rss_bytes"] for w in workers)
+    # Each worker's own stats socket answers fd-stats on that worker's pid.
+    one = workers[0]
+    r = fd_stats(str(one["pid"]), "--json")
+    assert r.returncode == 0, r.stderr
+    own = json.loads(r.stdout)
+    assert own["reactor"]["pid"] == one["pid"] and own["workers"] == []
+    assert own["total"]["connections"] == one["connections"]
+    # A worker killed outright: its advertisement goes, its successor is in the next view.
+    os.kill(one["pid"], signal.SIGKILL)
+    wait_for(lambda: not os.path.lexists(advertised_path(one["pid"])), 10,
+             "the dead worker's advertisement removed")
+
+    def refilled() -> dict | None:
+        r = fd_stats(str(d.pid), "--json")
+        s = json.loads(r.stdout) if r.returncode == 0 else None
+        ok = (s and s["total"]["workers_answered"] == 3
+              and one["pid"] not in {w["pid"] for w in s["workers"]})
+        return s if ok else None
+
+    after = wait_for(refilled, 20, "a restarted worker answering")
+    assert {w["pid"] for w in after["workers"]} == _children(d.pid)
+    assert after["reactor"]["restarts"] == 1
+    human = fd_stats(str(d.pid)).stdout
+    assert "rss" in human and human.count("  worker ") == 3 and "3 of 3 answered" in human
+    for s in socks:
+        s.close()
+
+
+def test_no_stats_socket_serves_none(daemon):
+    from reactor.stats import advertised_path
+
+    d = daemon("--no-stats-socket")
+    assert not os.path.lexists(advertised_path(d.pid))
+    r = fd_stats(str(d.pid), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["reactor"] is None
+    assert json.loads(r.stdout)["total"] is None
+
+
 def test_unknown_pid_is_one_line_exit_1():
     pid = 4_000_000  # above pid_max's default range
     one_line_error(fd_stats(str(pid)), str(pid))
@@ -235,8 +306,11 @@ SCHEMA = {
                                     "overflow_total")},
         "timers": {k: int for k in ("entries", "expired", "scheduled", "cancelled")},
         "lag": {"p50_s": (int, float), "p99_s": (int, float)},
-        "listeners": list, "shutting_down": bool, "top": list,
+        "listeners": list, "shutting_down": bool, "top": list, "rss_bytes": int,
     },
+    "workers": list,
+    "total": {k: int for k in ("workers", "workers_answered", "connections", "accepted",
+                               "closed_total", "bytes_in", "bytes_out", "rss_bytes")},
     "rates": {**{k: (int, float) for k in ("accepts_per_s", "closes_per_s", "bytes_in_per_s",
                                            "bytes_out_per_s", "events_per_s",
                                            "iterations_per_s")},

@@ -106,16 +106,49 @@ def test_pool_view_prefers_pool_and_maps_the_old_chunks():
 
 
 def test_supervisor_worker_rows_show_each_workers_pool_and_pauses():
-    w0 = {**copy.deepcopy(NEW_DOC), "index": 0, "pid": 11, "bytes_in": 0, "bytes_out": 0}
-    w1 = {**copy.deepcopy(OLD_DOC), "index": 1, "pid": 12, "bytes_in": 0, "bytes_out": 0}
+    w0 = {**copy.deepcopy(NEW_DOC), "index": 0, "pid": 11, "bytes_in": 0, "bytes_out": 0,
+          "rss_bytes": 30 << 20}
+    w1 = {**copy.deepcopy(OLD_DOC), "index": 1, "pid": 12, "bytes_in": 0, "bytes_out": 0,
+          "closed": {"peer_closed": 60, "idle_timeout": 40, "slow_consumer": 0}}
     doc = {**copy.deepcopy(NEW_DOC), "role": "supervisor",
            "workers": [w0, w1, {"index": 2, "pid": 13, "error": "no answer"}]}
     out = rows(render(sample_of(doc, RATES)))
-    assert out["worker 0"] == ("pid 11  connections 3000  accepted 3100  in 0 B  out 0 B  "
-                               "lag p99 2.0 ms  pool 6100 in use of 6144  refused 1234  paused 2990")
-    assert out["worker 1"] == ("pid 12  connections 3000  accepted 3100  in 0 B  out 0 B  "
-                               "lag p99 2.0 ms  pool 4096 in use of 4096  refused 512  paused 2990")
+    assert out["worker 0"] == ("pid 11  connections 3000  accepted 3100  closed 100 "
+                               "(peer_closed 100)  in 0 B  out 0 B  lag p99 2.0 ms  pool 6100 in "
+                               "use of 6144  refused 1234  paused 2990  rss 30.0 MiB")
+    # An older worker's document has no RSS: a dash, not a zero.
+    assert out["worker 1"] == ("pid 12  connections 3000  accepted 3100  closed 100 "
+                               "(peer_closed 60, idle_timeout 40)  in 0 B  out 0 B  lag p99 2.0 ms  "
+                               "pool 4096 in use of 4096  refused 512  paused 2990  rss -")
     assert out["worker 2"] == "pid 13: no answer"
+
+
+def test_fleet_json_has_one_entry_per_worker_and_the_services_total():
+    w0 = {**copy.deepcopy(NEW_DOC), "index": 0, "pid": 11, "bytes_in": 5, "bytes_out": 7,
+          "rss_bytes": 30 << 20}
+    doc = {**copy.deepcopy(NEW_DOC), "role": "supervisor", "connections": 3000,
+           "accepted": 3100, "bytes_in": 5, "bytes_out": 7,
+           "workers": [w0, {"index": 1, "pid": 12, "error": "no answer"}]}
+    workers = fdstats.fleet_view(doc)
+    assert workers[0] == {
+        "index": 0, "pid": 11, "connections": 3000, "accepted": 3100, "closed_total": 100,
+        "closed": {"peer_closed": 100}, "bytes_in": 5, "bytes_out": 7, "lag_p50_s": 0.0,
+        "lag_p99_s": 0.002, "timers": 3001, "pool_in_use": 6100, "pool_capacity": 6144,
+        "pool_refused": 1234, "paused_reading": 2990, "rss_bytes": 30 << 20}
+    assert workers[1] == {"index": 1, "pid": 12, "error": "no answer"}
+    proc = sample_of(doc, RATES)["process"]
+    total = fdstats.fleet_total(proc, doc, workers)
+    assert total == {"workers": 2, "workers_answered": 1, "connections": 3000,
+                     "accepted": 3100, "closed_total": 100, "bytes_in": 5, "bytes_out": 7,
+                     "rss_bytes": (50 << 20) + (30 << 20)}
+    sample = {**sample_of(doc, RATES), "workers": workers, "total": total}
+    assert rows(render(sample))["total"] == (
+        "workers 1 of 2 answered  connections 3000  accepted 3100  closed 100  in 5 B  out 7 B  "
+        "rss 80.0 MiB (supervisor + workers)")
+    # A single loop: no worker rows, its own figures as the total; no document, no total.
+    assert fdstats.fleet_view(NEW_DOC) == []
+    assert fdstats.fleet_total(proc, NEW_DOC, [])["rss_bytes"] == 50 << 20
+    assert fdstats.fleet_total(proc, None, []) is None
 
 
 @pytest.mark.parametrize("doc, counter", [(NEW_DOC, ("pool", "refused")),
