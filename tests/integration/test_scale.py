@@ -202,3 +202,41 @@ def test_a_client_out_of_fds_counts_fd_limit_and_goes_on(daemon):
     assert fd_limit > 0 and final["verified"] + fd_limit == 60, final
     assert est["established"] == final["verified"] and final["errnos"] == {"EMFILE": fd_limit}
     assert final["sources_used"] == ["127.0.0.2"]
+
+
+SCALE_RUN = ROOT / "tools" / "scale_run.py"
+
+
+def run_scale_run(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], dict]:
+    r = subprocess.run([sys.executable, str(SCALE_RUN), *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT)
+    return r, json.loads(r.stdout.splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_scale_run_holds_every_connection_with_heartbeats_and_reports_the_hold():
+    r, out = run_scale_run("--conns", "400", "--workers", "2", "--hold", "3", "--heartbeat",
+                           "0.5", "--sample-every", "0.5", "--port", str(_free_port()))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out["ok"] and out["scale"]["verified"] == 400 and out["scale"]["pings"] >= 400
+    assert out["hold_samples"] >= 2 and out["lag_p99_max_ms"] < 1000
+    assert out["worker_cpu_pct_max"] >= out["worker_cpu_pct_mean"] >= 0
+    assert out["bytes_out_per_s"] > 0  # the PINGs are what the fleet sends during the hold
+    assert out["scale"]["server_procs"] == 3
+
+
+def test_scale_run_restart_loses_exactly_the_killed_workers_connections():
+    r, out = run_scale_run("--conns", "600", "--workers", "3", "--hold", "4", "--heartbeat",
+                           "1", "--sample-every", "0.3", "--restart", "--restart-after", "0.5",
+                           "--port", str(_free_port()))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rs = out["restart"]
+    assert rs["killed_connections"] > 0
+    assert out["scale"]["conns"] - out["scale"]["verified"] == rs["killed_connections"]
+    assert 0 <= rs["reaped_s"] <= rs["forked_s"] <= rs["serving_s"] < 60
+    assert rs["new_pid"] != rs["killed_pid"]
