@@ -549,7 +549,7 @@ class Loop:
             obj._on_ready()
         if self._soon:
             self._run_soon()
-        self._wheel.expire()
+        self._wheel.expire(10000, self._now)
         flushq = self._flushq
         if flushq:
             self._flushq = []

@@ -448,20 +448,28 @@ class TimerWheel:
                     return best
         return best
 
-    def expire(self, budget: int = 10000) -> int:
+    def expire(self, budget: int = 10000, now: float | None = None) -> int:
         """Fire every timer whose deadline tick has passed, at most ``budget`` of them.
 
         Timers fire in nondecreasing deadline order. Due timers beyond the
         budget stay scheduled and fire first on the next call (next_deadline()
-        is then ``<= now``). Returns how many fired. ``ValueError`` if
-        ``budget < 1``; ``RuntimeError`` if called from a timer callback.
+        is then ``<= now``). Returns how many fired. ``now``: the clock's time,
+        if the caller has just read it (the loop has, once per iteration).
+        ``ValueError`` if ``budget < 1``; ``RuntimeError`` if called from a
+        timer callback.
         """
         if budget < 1:
             raise ValueError(f"budget {budget} must be at least 1")
         if self._expiring:
             raise RuntimeError("TimerWheel.expire() called from a timer callback")
-        now = self._now()
+        if now is None:
+            now = self._now()
         tick = self._tick_s
+        # The common call has nothing to do: now falls in [cur, the cached next tick).
+        # Decided without flooring now: t * tick <= now is exactly floor(now / tick) >= t
+        # as _tick_floor defines it, and an _INVALID cache (-1) never passes.
+        if self._cur * tick <= now < self._next_tick * tick:
+            return 0
         now_tick = self._tick_floor(now)
         cur = self._cur
         if now_tick < cur:

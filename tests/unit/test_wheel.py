@@ -526,3 +526,24 @@ TestWheelModel = WheelModel.TestCase
 TestWheelModel.settings = _model_settings
 TestCoarseWheelModel = CoarseWheelModel.TestCase
 TestCoarseWheelModel.settings = _model_settings
+
+
+def test_expire_with_the_callers_now_fires_what_is_due_then_and_reads_no_clock():
+    """The loop passes the time it read after polling: expire(now=t) must fire exactly the
+    timers due at t, whatever the clock says, on both sides of a tick boundary."""
+    clock = FakeClock()
+    wheel = TimerWheel(clock, tick_s=0.01)
+    fired: list[str] = []
+    wheel.call_later(0.05, fired.append, "a")
+    wheel.call_later(0.30, fired.append, "b")
+    assert wheel.expire(10000, 0.0) == 0 and wheel.expire(10000, 0.0499) == 0
+    assert fired == []
+    assert wheel.expire(10000, 0.05) == 1 and fired == ["a"]   # its tick, to the float
+    assert wheel.expire(10000, 0.2999) == 0 and fired == ["a"]
+    assert wheel.expire(10000, 5.0) == 1 and fired == ["a", "b"]
+    assert clock.now() == 0.0 and wheel.expire(10000, 5.0) == 0  # the clock never moved
+    # Rescheduled after a pass: the cached next tick is invalidated, not trusted.
+    # (Never early: 5.02 is tick 502, and 502 * 0.01 is a hair above 5.02 in floats.)
+    wheel.call_at(5.02, fired.append, "c")
+    assert wheel.expire(10000, 5.019) == 0 and wheel.expire(10000, 5.02) == 0
+    assert wheel.expire(10000, 5.0200000000000005) == 1 and fired == ["a", "b", "c"]
