@@ -41,9 +41,9 @@ def test_source_addresses_run_out_at_the_end_of_127_0_0_0_8():
     assert len(plan.source_addresses(10)) == 10
 
 
-def test_per_source_default_leaves_a_quarter_of_the_port_range_and_caps_at_20000():
-    assert plan.per_source_default((32768, 60999)) == 20_000  # 28,232 ports here
-    assert plan.per_source_default((50000, 51999)) == 1_500
+def test_per_source_default_takes_a_quarter_of_the_port_range_and_caps_at_7000():
+    assert plan.per_source_default((32768, 60999)) == 7_000  # 28,232 ports here
+    assert plan.per_source_default((50000, 51999)) == 500
     assert plan.per_source_default((60000, 60000)) == 1
 
 
@@ -66,11 +66,11 @@ def test_procs_default_from_the_fd_limit():
     assert plan.default_procs(10_000, 1024) == math.ceil(10_000 / 960)
 
 
-def test_a_million_needs_fifty_source_addresses_and_67_processes():
+def test_a_million_needs_143_source_addresses_and_67_processes():
     p = plan.plan(1_000_000, plan.default_procs(1_000_000, 20_000),
                   plan.per_source_default((32768, 60999)), loopback=True)
-    assert p.procs == 67 and len(p.sources) == 50 and p.per_source == 20_000
-    assert p.sources[0] == "127.0.0.2" and p.sources[-1] == "127.0.0.51"
+    assert p.procs == 67 and len(p.sources) == 143 and p.per_source == 7_000
+    assert p.sources[0] == "127.0.0.2" and p.sources[-1] == "127.0.0.144"
     assert max(s.count for s in p.shares) <= 15_000
     assert not p.warnings
 

@@ -12,7 +12,8 @@ result), ``cli.py`` (the command line).
 Why processes and source addresses. A socket is an fd, and RLIMIT_NOFILE's hard limit
 (20,000 here) binds each process: so at most 15,000 connections per client process. A
 connection is a 4-tuple, and towards one server address and port one source address has
-only the ephemeral range's ~28,000 ports: so at most 20,000 per source address, bound with
+only the ephemeral range's ~28,000 ports, and connect() slows as they fill: so at most 7,000
+per source address (a quarter of the range), bound with
 IP_BIND_ADDRESS_NO_PORT so that the kernel picks the port at connect, per destination.
 
 What is verified. Connection g of process p sends ``scale p g connect\\n`` once connected; its

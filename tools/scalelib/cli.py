@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="S", help=f"an echo not back by then is timeout (default "
                                      f"{DEFAULT_ECHO_TIMEOUT_S:g})")
     p.add_argument("--per-source", type=_positive_int, metavar="N",
-                   help="connections per source address (default: 3/4 of the ephemeral "
+                   help="connections per source address (default: 1/4 of the ephemeral "
                         f"port range, {planning.PER_SOURCE_MAX:,} at most)")
     p.add_argument("--max-pending", type=_positive_int, default=DEFAULT_MAX_PENDING,
                    metavar="N", help="connections per process connecting or awaiting their "
