@@ -64,6 +64,8 @@ class Client:
         self.errnos: collections.Counter[str] = collections.Counter()
         self.samples: list[dict[str, Any]] = []
         self.next_i = 0
+        self.go_i = 0  # the next connection to send its second line (the "final" phase)
+        self.t_go = 0.0
         self.established = self.verified = self.pings = 0
         self.t_start = self.t_established = self.t_done = 0.0
         self.phase = "wait"  # -> ramp -> hold (round one settled) -> final (after go)
@@ -281,14 +283,33 @@ class Client:
         return max(0.0, self.t_start + self.next_i / self.rate - time.monotonic())
 
     def go(self, now: float) -> None:
-        """The hold is over: every connection still held sends its second line."""
+        """The hold is over: the connections still held send their second lines, paced like
+        the connects (``send_more``): a million lines at once would measure a thundering herd
+        against the echo timeout, not the connections."""
         self.echo_q.clear()  # round one has settled: every entry is stale
-        socks = self.socks
-        for i in range(self.n):
-            if self.state[i] == HELD:
+        self.t_go, self.go_i = now, 0
+        self.send_more(now)
+
+    def send_more(self, now: float) -> float:
+        """Send the second lines the pacer allows (at most ``max_pending`` awaiting their
+        echo); return how long until the next is due."""
+        room = self.max_pending - self.in_state[AWAIT_SECOND]
+        due = self.n - self.go_i
+        if self.rate:
+            due = min(due, int((now - self.t_go) * self.rate) + 1 - self.go_i)
+        k = max(0, min(due, room, BATCH))
+        state, socks = self.state, self.socks
+        while k > 0 and self.go_i < self.n:
+            i = self.go_i
+            self.go_i += 1
+            if state[i] == HELD:
                 s = socks[i]
                 assert s is not None
                 self.send_line(i, s, 1, AWAIT_SECOND, now)
+                k -= 1
+        if self.go_i >= self.n or not self.rate:
+            return 0.0 if self.go_i < self.n else 0.1
+        return max(0.0, self.t_go + self.go_i / self.rate - time.monotonic())
 
     def stop(self) -> None:
         """The run's deadline: every connection without a verdict is a timeout."""
@@ -334,6 +355,8 @@ class Client:
             timeout = 0.2
             if self.phase == "ramp" and self.next_i < self.n:
                 timeout = min(timeout, self.open_more(now))
+            elif self.phase == "final" and self.go_i < self.n:
+                timeout = min(timeout, self.send_more(now))
             for fd, _mask in self.ep.poll(timeout, 1024):
                 i = by_fd.get(fd)
                 if i is not None:
@@ -351,7 +374,7 @@ class Client:
                     in_state[CONNECTING] or in_state[AWAIT_FIRST]):
                 self.phase = "hold"
                 self.emit("established", t=now, **self.totals())
-            if self.phase == "final" and not in_state[AWAIT_SECOND]:
+            if self.phase == "final" and self.go_i >= self.n and not in_state[AWAIT_SECOND]:
                 self.t_done = now
                 self.emit("done", **self.final())
                 return 0

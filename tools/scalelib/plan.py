@@ -144,7 +144,8 @@ def deadline_s(conns: int, procs: int, rate: float, hold_s: float, connect_timeo
                echo_timeout_s: float) -> float:
     """How long a whole run may take before it gives up: start-up, the ramp at half the
     asked rate (the rate is a ceiling; a loaded server accepts slower), a connect and an echo
-    timeout for the last connection, the hold, the second round and some slack."""
+    timeout for the last connection, the hold, the second round (paced like the ramp) and
+    some slack."""
     ramp_rate = rate if rate > 0 else 5000.0  # unpaced: assume a slow 5,000/s
     return (30.0 + 0.5 * procs + 2 * conns / ramp_rate + connect_timeout_s + 2 * echo_timeout_s
-            + hold_s + conns / 20_000 + 30.0)
+            + hold_s + conns / ramp_rate + 30.0)
