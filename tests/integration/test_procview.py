@@ -6,12 +6,14 @@ that report plus the three stdio fds the test hands it (stdin and stdout pipes, 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import resource
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from reactor import procview
 from reactor.procview import NoPermission, ProcessGone, ProcessSampler
 
 ZOO = Path(__file__).with_name("fdzoo.py")
@@ -88,6 +91,14 @@ class Zoo:
         if not ready:
             raise AssertionError(f"fd zoo silent for {timeout} s; stderr: {self.log_path.read_text()}")
         return self.proc.stdout.readline()
+
+
+@pytest.fixture(autouse=True)
+def proc_path(monkeypatch) -> None:
+    """Every test reads /proc's tables unless it asks for sock_diag: the zoo's exact counts (a
+    CLOSE socket among them) are the /proc path's, and another suite's load on the machine must
+    not push the shared namespace over the threshold under them."""
+    monkeypatch.setattr(procview, "SOCK_DIAG_THRESHOLD", 10**12)
 
 
 @pytest.fixture
@@ -210,6 +221,272 @@ def test_fds_vanishing_during_the_sample_are_skipped(zoo):
         parts = sum(n for kind, n in sample["fds"].items() if kind != "total")
         assert parts == sample["fds"]["total"]
         assert sample["threads"] == 2
+
+
+# -- big namespaces: the sock_diag path ---------------------------------------------------------
+
+# What the zoo does not build, in a helper of its own: connections left in a listener's accept
+# queue (one whose peer has already closed: CLOSE_WAIT), a wildcard listener (dual-stack "::"
+# reached over IPv4-mapped addresses when ::1 works, else 0.0.0.0), a TIME_WAIT on each listener, a
+# held FIN_WAIT2/CLOSE_WAIT pair and a bound-only socket. It prints its own bookkeeping as one JSON
+# line, then holds everything until stdin closes.
+QUEUES = r"""
+import json, socket, struct, sys
+from collections import Counter
+
+fds, states, unowned, listening, keep = Counter(), Counter(), Counter(), [], []
+
+def hold(sock, kind, state):
+    keep.append(sock); fds[kind] += 1; states[state] += 1
+
+def kind(sock):
+    return "tcp6" if sock.family == socket.AF_INET6 else "tcp"
+
+def connect(addr):
+    return socket.create_connection(addr, timeout=10)
+
+def time_wait(lis, addr):
+    client = connect(addr)
+    server, _ = lis.accept()
+    server.close()                    # the accepted side closes first: its TIME_WAIT has no owner
+    client.settimeout(10)
+    assert client.recv(1) == b""
+    client.close()
+    unowned["TIME_WAIT"] += 1
+
+def listener(family, host):
+    lis = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        lis.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    lis.bind((host, 0))
+    lis.listen(16)
+    hold(lis, kind(lis), "LISTEN")
+    port = lis.getsockname()[1]
+    listening.append(f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}")
+    return lis, port
+
+try:
+    probe = socket.socket(socket.AF_INET6)
+    probe.bind(("::1", 0))
+    probe.close()
+    v6 = True
+except OSError:
+    v6 = False
+
+lis4, port4 = listener(socket.AF_INET, "127.0.0.1")
+a4 = ("127.0.0.1", port4)
+time_wait(lis4, a4)
+client = connect(a4)
+server, _ = lis4.accept()
+client.shutdown(socket.SHUT_WR)
+server.settimeout(10)
+assert server.recv(1) == b""
+hold(client, "tcp", "FIN_WAIT2")
+hold(server, "tcp", "CLOSE_WAIT")
+# Left in the accept queue: two held clients, and one that closes (its queued child: CLOSE_WAIT).
+for _ in range(2):
+    hold(connect(a4), "tcp", "ESTABLISHED")
+    unowned["ESTABLISHED"] += 1
+connect(a4).close()
+unowned["CLOSE_WAIT"] += 1
+
+lisw, portw = listener(*((socket.AF_INET6, "::") if v6 else (socket.AF_INET, "0.0.0.0")))
+aw = ("127.0.0.1", portw)             # IPv4-mapped when the listener is "::"
+client = connect(aw)
+server, _ = lisw.accept()
+hold(client, "tcp", "ESTABLISHED")
+hold(server, kind(server), "ESTABLISHED")
+time_wait(lisw, aw)
+hold(connect(aw), "tcp", "ESTABLISHED")
+unowned["ESTABLISHED"] += 1
+
+if v6:
+    lis6, port6 = listener(socket.AF_INET6, "::1")
+    a6 = ("::1", port6)
+    client = connect(a6)
+    server, _ = lis6.accept()
+    hold(client, "tcp6", "ESTABLISHED")
+    hold(server, "tcp6", "ESTABLISHED")
+    time_wait(lis6, a6)
+
+bound = socket.socket()
+bound.bind(("127.0.0.1", 0))
+hold(bound, "tcp", "CLOSE")           # bound-only: in no /proc table
+unbound = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+hold(unbound, kind(unbound), "CLOSE")
+
+print(json.dumps({"v6": v6, "fds": fds, "tcp_states": states, "unowned": unowned,
+                  "listening": sorted(listening)}), flush=True)
+sys.stdin.read()
+for sock in keep:                     # reset: exiting leaves no TIME_WAIT behind
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+"""
+
+
+def loopback_v6() -> bool:
+    """Whether this machine has an IPv6 loopback to bind (the zoo and QUEUES build their v6
+    parts exactly then)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["one walk", "per family"])
+def diag_requests(request, monkeypatch) -> Callable[[], None]:
+    """Which sock_diag requests the sampler sends. "one walk": as it comes (TCPDIAG_GETSOCK, both
+    families in one dump); "per family": that request refused, as by a kernel that dropped it, so
+    one SOCK_DIAG_BY_FAMILY dump per family is used instead. Returns a check that the sock_diag
+    samples of the test sent exactly that.
+    """
+    sent: list[list[int]] = []
+    real = procview._sock_diag_entries
+    one_walk = request.param == "one walk"
+
+    def entries(requests):
+        kinds = [kind for kind, _ in requests]
+        sent.append(kinds)
+        if not one_walk and kinds == [procview._TCPDIAG_GETSOCK]:
+            raise OSError(errno.EINVAL, "TCPDIAG_GETSOCK refused")
+        return real(requests)
+
+    def check() -> None:
+        per_sample = ([[procview._TCPDIAG_GETSOCK]] if one_walk else
+                      [[procview._TCPDIAG_GETSOCK], [procview._SOCK_DIAG_BY_FAMILY] * 2])
+        assert sent and sent == per_sample * (len(sent) // len(per_sample)), sent
+
+    monkeypatch.setattr(procview, "_sock_diag_entries", entries)
+    return check
+
+
+def both_paths(sampler: ProcessSampler, monkeypatch, unowned: dict) -> tuple[dict, dict]:
+    """A settled sample on the /proc path, one on the sock_diag path, then /proc again, which must
+    show the same sockets as the first: nothing changed in between, so the two paths can be
+    compared count for count.
+    """
+    proc = settled_sample(sampler, unowned)
+    monkeypatch.setattr(procview, "SOCK_DIAG_THRESHOLD", 0)
+    diag = settled_sample(sampler, unowned)
+    monkeypatch.setattr(procview, "SOCK_DIAG_THRESHOLD", 10**12)
+    again = sampler.sample()
+    for key in ("fds", "tcp_states", "unowned", "listening"):
+        assert again[key] == proc[key], key
+    assert (proc["tcp_source"], diag["tcp_source"]) == ("proc", "sock_diag")
+    return proc, diag
+
+
+def as_sock_diag_counts(states: dict) -> dict:
+    """The /proc path's TCP states as the sock_diag path reports them: a socket in no table
+    (unbound, or bound only: CLOSE) is not in the dump either, so it counts as ESTABLISHED."""
+    diag = dict(states)
+    closed = diag.pop("CLOSE", 0)
+    if closed:
+        diag["ESTABLISHED"] = diag.get("ESTABLISHED", 0) + closed
+    return {name: diag[name] for name in procview.TCP_STATES if diag.get(name)}
+
+
+def test_sock_diag_and_proc_paths_agree_on_the_zoo(zoo, monkeypatch, diag_requests):
+    z = zoo("--pairs", "3")
+    proc, diag = both_paths(ProcessSampler(z.pid), monkeypatch, z.report["unowned"])
+    check_zoo(proc, z)
+    assert z.report["unowned"] == {"TIME_WAIT": 1}
+    assert z.report["tcp_states"]["CLOSE"] == 1
+    for key in ("fds", "unowned", "listening", "rlimit_nofile"):
+        assert diag[key] == proc[key], key
+    assert diag["tcp_states"] == as_sock_diag_counts(z.report["tcp_states"])
+    assert diag["tcp_states"]["ESTABLISHED"] == z.report["tcp_states"]["ESTABLISHED"] + 1
+    # The machine's IPv6, whichever it is: the zoo builds its tcp6 part exactly when ::1 binds.
+    port6 = z.report["port6"]
+    assert (port6 is not None) is loopback_v6()
+    assert diag["fds"]["tcp6"] == (3 if port6 else 0)
+    assert (f"[::1]:{port6}" in diag["listening"]) is bool(port6)
+    diag_requests()
+
+
+def test_sock_diag_counts_accept_queues_wildcards_and_time_waits_like_proc(monkeypatch,
+                                                                         diag_requests, tmp_path):
+    with open(tmp_path / "queues.log", "wb") as log:
+        helper = subprocess.Popen([sys.executable, "-c", QUEUES], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=log)
+    try:
+        ready, _, _ = select.select([helper.stdout], [], [], 60)
+        assert ready, (tmp_path / "queues.log").read_text()
+        report = json.loads(helper.stdout.readline() or b"null")
+        assert report, (tmp_path / "queues.log").read_text()
+        v6 = loopback_v6()
+        assert report["v6"] is v6
+        assert report["unowned"] == {"TIME_WAIT": 3 if v6 else 2, "ESTABLISHED": 3, "CLOSE_WAIT": 1}
+        proc, diag = both_paths(ProcessSampler(helper.pid), monkeypatch, report["unowned"])
+        for sample in (proc, diag):
+            assert sample["unowned"] == report["unowned"]
+            assert sample["listening"] == report["listening"]
+            assert {k: sample["fds"][k] for k in report["fds"]} == report["fds"]
+            assert sample["fds"] == proc["fds"]
+        assert proc["tcp_states"] == report["tcp_states"]
+        assert diag["tcp_states"] == as_sock_diag_counts(report["tcp_states"])
+        diag_requests()
+    finally:
+        assert helper.stdin is not None and helper.stdout is not None
+        helper.stdin.close()
+        helper.wait(20)
+        helper.stdout.close()
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.EPROTONOSUPPORT, errno.EACCES])
+def test_netlink_refused_falls_back_to_the_proc_path(zoo, monkeypatch, err):
+    def refused() -> socket.socket:
+        raise OSError(err, os.strerror(err))   # EPERM/EACCES: a PermissionError, not NoPermission
+
+    monkeypatch.setattr(procview, "_open_sock_diag", refused)
+    monkeypatch.setattr(procview, "SOCK_DIAG_THRESHOLD", 0)
+    z = zoo("--pairs", "2")
+    sample = settled_sample(ProcessSampler(z.pid), z.report["unowned"])
+    assert sample["tcp_source"] == "proc"
+    check_zoo(sample, z)                       # exact, its CLOSE socket included
+
+
+# Unshares its network namespace (root, or CAP_SYS_ADMIN), listens there, reports, waits.
+OTHER_NETNS = r"""
+import ctypes, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x40000000) != 0:              # CLONE_NEWNET
+    print(json.dumps({"error": os.strerror(ctypes.get_errno())}), flush=True)
+    sys.exit(0)
+lis = socket.socket()
+lis.bind(("0.0.0.0", 0))                       # its lo is down; a wildcard bind needs no address
+lis.listen(4)
+print(json.dumps({"port": lis.getsockname()[1]}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_process_in_another_network_namespace_is_read_from_proc(monkeypatch):
+    def not_here() -> socket.socket:
+        raise AssertionError("a netlink socket here would dump the sampler's namespace")
+
+    monkeypatch.setattr(procview, "_open_sock_diag", not_here)
+    monkeypatch.setattr(procview, "SOCK_DIAG_THRESHOLD", -1)     # even an empty namespace is "big"
+    helper = subprocess.Popen([sys.executable, "-c", OTHER_NETNS], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([helper.stdout], [], [], 30)
+        assert ready, "the namespace helper did not answer"
+        report = json.loads(helper.stdout.readline())
+        if "error" in report:
+            pytest.skip(f"cannot unshare a network namespace here: {report['error']}")
+        assert not procview._same_netns(helper.pid) and procview._same_netns(os.getpid())
+        sample = ProcessSampler(helper.pid).sample()
+        assert sample["tcp_source"] == "proc"
+        assert sample["tcp_states"] == {"LISTEN": 1}
+        assert sample["listening"] == [f"0.0.0.0:{report['port']}"]
+    finally:
+        assert helper.stdin is not None and helper.stdout is not None
+        helper.stdin.close()
+        helper.wait(20)
+        helper.stdout.close()
 
 
 # -- limits and usage ----------------------------------------------------------------------
