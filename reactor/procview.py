@@ -523,7 +523,9 @@ def _sock_diag_dump(sock: socket.socket, kind: int, request: bytes,
               + request)
     buf = bytearray(_DIAG_RECV_BYTES)
     header, body, msg = _NLMSG.size, _NLMSG.size + _DIAG_MSG.size, _DIAG_MSG.unpack_from
-    locals_: dict[tuple[int, bytes, bytes], str] = {}   # TIME_WAITs pile up on a few addresses
+    # Hex spellings, cached: a namespace's sockets share a few addresses, and ports repeat.
+    addrs: dict[bytes, str] = {}
+    ports: dict[bytes, str] = {}
     while True:
         # MSG_TRUNC: netlink returns the datagram's full length, so one too big is seen, not cut.
         size = sock.recv_into(buf, 0, socket.MSG_TRUNC)
@@ -552,23 +554,23 @@ def _sock_diag_dump(sock: socket.socket, kind: int, request: bytes,
                     family, state, sport, src, rqueue, inode = msg(buf, offset + header)
                     table = _DIAG_TABLES.get(family)
                     if table is not None:
-                        key = (family, sport, src)
-                        local = locals_.get(key)
-                        if local is None:
-                            local = locals_[key] = _proc_hex(src if family == socket.AF_INET6
-                                                             else src[:4], sport)
+                        if family == socket.AF_INET:
+                            src = src[:4]
+                        addr = addrs.get(src) or addrs.setdefault(src, _proc_hex_addr(src))
+                        port = ports.get(sport) or ports.setdefault(sport, sport.hex().upper())
+                        local = f"{addr}:{port}"
                         state_hex = _DIAG_STATE_HEX.get(state) or f"{state:02X}"
                         yield table, state_hex, local, inode, rqueue
             offset += (length + 3) & ~3             # NLMSG_ALIGN
 
 
-def _proc_hex(addr: bytes, port: bytes) -> str:
-    """Network-order address and port -> /proc/net/tcp's "0100007F:2328": each 32-bit word of the
-    address printed as a host-order integer, the port as a number.
+def _proc_hex_addr(addr: bytes) -> str:
+    """A network-order address as /proc/net/tcp spells it ("0100007F" for 127.0.0.1): each 32-bit
+    word printed as a host-order integer. The port is a plain big-endian number ("2328").
     """
     if sys.byteorder == "little":
         addr = b"".join(addr[i:i + 4][::-1] for i in range(0, len(addr), 4))
-    return f"{addr.hex().upper()}:{port.hex().upper()}"
+    return addr.hex().upper()
 
 
 def _read_inet_tables(pid: int,
