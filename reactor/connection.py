@@ -438,6 +438,13 @@ class Connection(TimerEntry):
             except OSError as exc:
                 self._fail(exc)
                 return
+            if sent == len(out) and self._tx is None and st == OPEN \
+                    and not self._flags & (F_HIGH | F_BLOCKED):
+                # The per-event case (one reply, all taken, nothing paused): only accounting.
+                self.bytes_out += sent
+                self._loop._bytes_out += sent
+                self._last_tx = self._loop._now
+                return
             if sent < len(out):
                 # The kernel is full: keep the rest by reference too (a view of the same
                 # immutable bytes: no copy, no chunk), until the OUT edge or a second write.

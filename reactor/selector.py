@@ -33,8 +33,9 @@ _ET: int = getattr(select, "EPOLLET", 1 << 31)
 
 #: How many events one poll returns at most. A fixed bound: CPython allocates the
 #: epoll_event array per call, and asyncio's ``len(fds)`` grows it with every
-#: connection (research/anchors.md, finding 3).
-MAX_EVENTS = 1024
+#: connection (research/anchors.md, finding 3). 1023 is ``epoll.poll``'s own default
+#: (FD_SETSIZE - 1), which lets the default selector hand out the C method itself.
+MAX_EVENTS = 1023
 
 
 class EdgeSelector:
@@ -51,6 +52,10 @@ class EdgeSelector:
     def __init__(self, max_events: int = MAX_EVENTS) -> None:
         self._ep = select.epoll()
         self._max_events = max_events
+        if max_events == MAX_EVENTS:
+            # The loop calls poll once per iteration: with epoll's default bound (and its
+            # None for "forever"), the bound C method does the same job without a Python frame.
+            self.poll = self._ep.poll  # type: ignore[method-assign]
 
     def fileno(self) -> int:
         return self._ep.fileno()
