@@ -16,7 +16,7 @@ from .errors import (CloseReason, CodecError, FrameTimeout, FrameTooLong, LineTi
 from .listener import Listener
 from .loop import Handle, Loop
 from .pool import BufferPool
-from .protocols import Codec, Handler
+from .protocols import BatchCodec, Codec, FlatCodec, Handler
 from .ring import RingBuffer
 from .selector import EdgeSelector, LevelSelector
 from .stats import read_stats, serve_stats
@@ -24,6 +24,7 @@ from .wheel import Timer, TimerEntry, TimerWheel
 
 
 __all__ = [
+    "BatchCodec",
     "BroadcastResult",
     "BufferPool",
     "CloseReason",
@@ -33,6 +34,7 @@ __all__ = [
     "ConnectionOptions",
     "EdgeSelector",
     "FakeClock",
+    "FlatCodec",
     "FrameTimeout",
     "FrameTooLong",
     "Handle",

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import CloseReason, CodecError, FrameTimeout
+from .protocols import BatchCodec, FlatCodec
 from .ring import RingBuffer
 from .selector import ERR, HUP, IN, OUT, RDHUP
 from .wheel import TimerEntry
@@ -175,6 +176,27 @@ class _InExtra:
         setattr(conn._extra(), self.name, value)
 
 
+_CODEC_PATHS: dict[type, int] = {}
+
+
+def _codec_batch_path(codec: Any) -> int:
+    """The read path ``codec`` allows a batch handler: B_FLAT, B_RING or B_NONE.
+
+    Asked of the codec's class once and kept (isinstance against a runtime-checkable
+    Protocol costs microseconds, too much for each accept); only a class with a
+    ``__getattr__``, whose instances may grow methods of their own, is asked per instance.
+    """
+    cls = type(codec)
+    path = _CODEC_PATHS.get(cls)
+    if path is None:
+        dynamic = hasattr(cls, "__getattr__")
+        path = (B_NONE if not isinstance(codec, BatchCodec)
+                else B_FLAT if isinstance(codec, FlatCodec) else B_RING)
+        if not dynamic:
+            _CODEC_PATHS[cls] = path
+    return path
+
+
 def _connection_class(cls: type, batch: int, loop: Loop) -> type:
     """``cls`` with its read path ``batch`` and its ``loop`` as class attributes: a no-slot
     subclass, made once per loop (kept in the loop's ``_conn_classes``)."""
@@ -248,12 +270,9 @@ class Connection(TimerEntry):
         self._flags = 0  # F_FLUSH | F_BLOCKED | F_HIGH | F_HUP
         # The connection is its own wheel entry for the idle and heartbeat checks (_fire).
         TimerEntry.__init__(self)
-        # The batch fast path: a handler with on_batch and a codec with maybe_take_batch
-        # (B_RING); with frames_end as well, reads decode in the loop's flat buffer (B_FLAT).
-        batch = (
-            B_NONE if handler.on_batch is None or not hasattr(codec, "maybe_take_batch")
-            else B_FLAT if hasattr(codec, "frames_end") else B_RING
-        )
+        # The batch fast path: a handler with on_batch and a BatchCodec (B_RING); a codec
+        # that is a FlatCodec as well decodes reads in the loop's flat buffer (B_FLAT).
+        batch = B_NONE if handler.on_batch is None else _codec_batch_path(codec)
         self.__class__ = _connection_class(type(self), batch, loop)
         self._x: _Extra | None = None
         if conn_id:  # 0: drawn from the loop when first asked (the id property)
@@ -633,6 +652,9 @@ class Connection(TimerEntry):
         # it pauses reading), so a connection that reads never waits on another's peer.
         share = loop._share
         mv = loop._flat_mv
+        codec = self._codec
+        if TYPE_CHECKING:  # B_FLAT was chosen for a FlatCodec (_codec_batch_path)
+            assert isinstance(codec, FlatCodec)
         while not self._pause and self._state == OPEN:
             rx = self._rx
             if rx is not None:
@@ -679,7 +701,7 @@ class Connection(TimerEntry):
             end = off + n
             error = None
             try:
-                cut = self._codec.frames_end(loop._flat, off, end)  # type: ignore[attr-defined]
+                cut = codec.frames_end(loop._flat, off, end)
             except CodecError as exc:
                 error, cut = exc, exc.valid_prefix
             except Exception as exc:  # noqa: BLE001 - a codec bug closes one peer, as a handler's
@@ -797,7 +819,10 @@ class Connection(TimerEntry):
         if not rx:  # None or empty
             return
         if self._batch:
-            take = self._codec.maybe_take_batch  # type: ignore[attr-defined]
+            codec = self._codec
+            if TYPE_CHECKING:  # B_RING or B_FLAT was chosen for a BatchCodec
+                assert isinstance(codec, BatchCodec)
+            take = codec.maybe_take_batch
             on_message = self._handler.on_batch
         else:
             take = self._codec.maybe_take_frame

@@ -8,7 +8,7 @@ socket, the loop or a clock. Handler methods are no-ops by default (gnet's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from .errors import CloseReason, CodecError
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .ring import RingBuffer
 
-__all__ = ["Codec", "Handler"]
+__all__ = ["BatchCodec", "Codec", "FlatCodec", "Handler"]
 
 
 class Codec(Protocol):
@@ -46,16 +46,34 @@ class Codec(Protocol):
         """Return the wire bytes of ``msg``."""
         ...
 
-    # Optional, for the batch fast path (see Handler.on_batch):
-    #   maybe_take_batch(buf: RingBuffer) -> bytes | None
-    #       consume and return every complete frame buffered, in wire form;
-    #   frames_end(buf, start: int, end: int) -> int
-    #       stateless: where the complete frames in the flat buffer buf[:end] end, given
-    #       that buf[:start] holds no complete frame; a CodecError it raises says in
-    #       ``valid_prefix`` how many bytes of good frames come before the bad one.
-
     def encode_into(self, msg: Any, out: RingBuffer) -> None:
         """Append the wire bytes of ``msg`` to ``out`` without building an intermediate object."""
+        ...
+
+
+# The optional capabilities, for the batch fast path (see Handler.on_batch). A codec has one
+# by having its method (each Protocol names only that one); the connection asks once per
+# (handler class, codec class), not per event nor per connection: isinstance against a
+# runtime-checkable Protocol costs microseconds. The flat path needs both.
+
+@runtime_checkable
+class BatchCodec(Protocol):
+    """A codec that can hand over every complete frame buffered at once."""
+
+    def maybe_take_batch(self, buf: RingBuffer) -> bytes | None:
+        """Consume and return every complete frame in ``buf``, in wire form (``None``: none)."""
+        ...
+
+
+@runtime_checkable
+class FlatCodec(Protocol):
+    """A codec that can find frames in a flat buffer without consuming them."""
+
+    def frames_end(self, buf: Any, start: int, end: int) -> int:
+        """Stateless: where the complete frames in ``buf[:end]`` end, given that
+        ``buf[:start]`` holds no complete frame (0: none). A
+        :class:`~reactor.errors.CodecError` it raises says in ``valid_prefix`` how many
+        bytes of good frames come before the bad one."""
         ...
 
 
@@ -73,11 +91,11 @@ class Handler:
     __slots__ = ()
 
     #: Optional fast path. A handler that defines ``on_batch(conn, data)`` and runs with a
-    #: codec that has ``maybe_take_batch`` (``LineCodec`` does) gets every complete frame
+    #: :class:`BatchCodec` (``LineCodec`` is one) gets every complete frame
     #: buffered at once, in wire form, as one ``bytes`` object, instead of one
     #: ``on_message`` per frame: one Python call per read instead of one per line. The
     #: frame limits still hold. Suits handlers that treat frames as a stream (echo,
-    #: relay, fan-out). If the codec also has ``frames_end`` (``LineCodec`` does), reads
+    #: relay, fan-out). If the codec is also a :class:`FlatCodec` (``LineCodec`` is), reads
     #: are decoded in place in one flat buffer of the loop and no ring is touched unless
     #: a frame larger than 1 KiB is still arriving.
     on_batch: Callable[[Connection, bytes], None] | None = None

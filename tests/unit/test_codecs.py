@@ -367,3 +367,41 @@ def test_length_prefixed_edges():
         codec.encode_into(b"x" * 101, ring)
     assert len(ring) == 0
     assert LengthPrefixedCodec(1, 255).encode(b"hi") == b"\x02hi"
+
+
+class _BatchOnly(LengthPrefixedCodec):
+    """A codec with the batch capability but not the flat one (the ring batch path)."""
+
+    def maybe_take_batch(self, buf: RingBuffer) -> bytes | None:
+        return self.maybe_take_frame(buf)
+
+
+def test_optional_capabilities_are_typed_protocols_asked_of_the_class():
+    from reactor import BatchCodec, FlatCodec
+    from reactor.connection import B_FLAT, B_NONE, B_RING, _codec_batch_path
+
+    assert isinstance(LineCodec(), BatchCodec) and isinstance(LineCodec(), FlatCodec)
+    assert not isinstance(LengthPrefixedCodec(), BatchCodec)
+    assert not isinstance(LengthPrefixedCodec(), FlatCodec)
+    assert isinstance(_BatchOnly(), BatchCodec) and not isinstance(_BatchOnly(), FlatCodec)
+    assert _codec_batch_path(LineCodec()) == B_FLAT
+    assert _codec_batch_path(_BatchOnly()) == B_RING
+    assert _codec_batch_path(LengthPrefixedCodec()) == B_NONE
+    # frames_end alone is no batch capability: the flat path hands over batches too.
+    flat_only = type("FlatOnly", (LengthPrefixedCodec,), {"frames_end": lambda s, b, a, e: 0})
+    assert _codec_batch_path(flat_only()) == B_NONE
+
+
+def test_a_codec_with_getattr_is_asked_per_instance():
+    """A delegating codec (methods found through ``__getattr__``) may differ per instance."""
+    from reactor.connection import B_FLAT, B_NONE, _codec_batch_path
+
+    class Delegate:
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+    assert _codec_batch_path(Delegate(LineCodec())) == B_FLAT
+    assert _codec_batch_path(Delegate(LengthPrefixedCodec())) == B_NONE
