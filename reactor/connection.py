@@ -46,6 +46,7 @@ import termios
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .address import format_address
 from .errors import CloseReason, CodecError, FrameTimeout
 from .protocols import BatchCodec, FlatCodec
 from .ring import RingBuffer
@@ -1203,7 +1204,7 @@ class Connection(TimerEntry):
     def _snapshot(self, now: float) -> dict[str, Any]:
         return {
             "id": self.id,
-            "peer": _peer_str(self.peer),
+            "peer": format_address(self.peer),
             "state": _STATE_NAMES[self._state],
             "rx_bytes": self.recv_buffered,
             "tx_bytes": self.send_buffered,
@@ -1220,10 +1221,3 @@ class _UncountedConnection(Connection):
     _counted = False
 
 
-def _peer_str(peer: Any) -> str:
-    if peer is None:
-        return "?"
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = peer[0]
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return f"unix:{peer}" if peer else "unix"

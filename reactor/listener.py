@@ -43,6 +43,7 @@ import resource
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
+from .address import format_address
 from .errors import CloseReason
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -312,7 +313,7 @@ class Listener:
                 if exc.errno in _PEER_ERRORS:
                     continue
                 log.error("listener %s: accept failed: %s; retrying in %.1f s",
-                          _addr_str(self.address), exc, _RETRY_S)
+                          format_address(self.address), exc, _RETRY_S)
                 self._pause()
                 return
             if self._counted and loop._nconns >= self.max_conns:
@@ -424,7 +425,7 @@ class Listener:
         if now - self._warned_at >= _WARN_EVERY_S:
             more = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
             log.warning("listener %s: out of file descriptors (%s): refusing connections "
-                        "with the spare fd%s", _addr_str(self.address),
+                        "with the spare fd%s", format_address(self.address),
                         errno.errorcode.get(exc.errno or 0, exc.errno), more)
             self._warned_at = now
             self._unwarned = 0
@@ -432,8 +433,3 @@ class Listener:
             self._unwarned += 1
 
 
-def _addr_str(addr: Any) -> str:
-    if isinstance(addr, tuple):
-        host = addr[0]
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return f"unix:{addr}"

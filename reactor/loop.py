@@ -35,7 +35,8 @@ import stat
 from typing import Any, Callable
 
 from .clock import Clock, MonotonicClock
-from .connection import F_FLUSH, Connection, ConnectionOptions, _peer_str, _UncountedConnection
+from .address import format_address
+from .connection import F_FLUSH, Connection, ConnectionOptions, _UncountedConnection
 from .errors import CloseReason
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
@@ -627,7 +628,7 @@ class Loop:
         if conns:
             left = [(c, c.send_buffered + c.recv_buffered) for c in conns]
             total = sum(n for _, n in left)
-            names = ", ".join(f"{_peer_name(c)} ({n} B)" for c, n in left[:10])
+            names = ", ".join(f"{format_address(c.peer)} ({n} B)" for c, n in left[:10])
             more = f" and {len(left) - 10} more" if len(left) > 10 else ""
             log.warning("%s: dropping %d connection(s) with %d byte(s) buffered: %s%s",
                         why, len(left), total, names, more)
@@ -747,6 +748,3 @@ def _bind_unix(path: str, backlog: int, mode: int | None) -> socket.socket:
             os.umask(old)
     return sock
 
-
-def _peer_name(conn: Connection) -> str:
-    return _peer_str(conn.peer)

@@ -63,6 +63,8 @@ from typing import Iterator
 
 import psutil
 
+from .address import format_address
+
 __all__ = ["CPU_INTERVAL_S", "NoPermission", "ProcessGone", "ProcessSampler", "SOCK_DIAG_THRESHOLD",
            "TCP_STATES"]
 
@@ -731,7 +733,7 @@ def _format_inet(local_hex: str) -> str:
         raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
     ip = ip_address(raw)
     port = int(port_hex, 16)
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    return format_address((str(ip), port))
 
 
 def _match_unowned(tcp_sockets: dict, inet: dict, unowned_entries: list) -> Counter:

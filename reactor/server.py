@@ -20,6 +20,7 @@ import stat
 import time
 from typing import Any, Callable
 
+from .address import format_address
 from .connection import ConnectionOptions
 from .loop import Loop, _bind
 from .protocols import Codec, Handler
@@ -60,13 +61,6 @@ class ServerConfig:
     chunk_size: int = 16 * 1024
     pool_chunks: int = 4096  #: chunks mapped at start (the pool's first arena)
     max_buffer_bytes: int = 1 << 30  #: the pool's cap, per worker (Loop pool_max_chunks)
-
-
-def format_address(addr: Any) -> str:
-    """``HOST:PORT`` for a TCP address, ``unix:PATH`` for a unix one."""
-    if isinstance(addr, str):
-        return f"unix:{addr}"
-    return f"{addr[0]}:{addr[1]}"
 
 
 def bind_sockets(address: tuple[str, int] | str, workers: int = 1,

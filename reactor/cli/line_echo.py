@@ -124,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sockets = bind_sockets(address, args.workers, args.backlog)
     except OSError as exc:
-        print(f"{PROG}: cannot listen on {format_address(address)}: "
+        print(f"{PROG}: cannot listen on {format_address(address, brackets=False)}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
-    where = format_address(sockets[0].getsockname())
+    where = format_address(sockets[0].getsockname(), brackets=False)
     # Both are stateless, so one of each serves every connection (no per-connection objects).
     handler = LineEchoHandler()
     codec = LineCodec(args.max_line)
