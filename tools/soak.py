@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import datetime
 import errno
 import json
@@ -51,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from childproc import child_setup, raise_nofile
 from reactor.stats import StatsError, read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,29 +64,13 @@ FAULTS = ("rst", "half_close", "reconnect")
 PING = b"PING\n"  # line-echo's heartbeat (--heartbeat): it comes between whole lines
 FAULT_WEIGHTS = (0.3, 0.35, 0.35)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
 _LINGER_RST = struct.pack("ii", 1, 0)
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
-def _raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns the new soft limit."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
 def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
     """preexec_fn: die with this script, run on ``cpus``, take the whole fd allowance."""
-
-    def setup() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        _raise_nofile()
-
-    return setup
+    return child_setup(cpus)
 
 
 # ------------------------------------------------------------------------- client
@@ -546,7 +530,7 @@ class Client:
 
 
 def client_main(cfg: dict[str, Any]) -> int:
-    _raise_nofile()
+    raise_nofile()
     signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
     signal.alarm(int(cfg["max_seconds"]) + 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -1174,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--client":
         return client_main(json.loads(sys.argv[2]))
     a = parse_args(argv)
-    _raise_nofile()
+    raise_nofile()
     log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     ramp_s = 30.0 + a.conns / 200
     max_seconds = 60 + ramp_s + SETTLE_S + a.duration + DRAIN_S + 15 + SETTLE_S + 30

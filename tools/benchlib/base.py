@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import resource
 import select
 import shutil
 import signal
@@ -16,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from childproc import child_setup
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH_DIR = ROOT / "tools" / "bench"
@@ -101,25 +101,10 @@ def firehose_window(conns: int) -> int:
 
 # -- processes --------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
 def _child_setup(cpu: int | None, alarm_s: float = 0) -> Callable[[], None]:
-    """preexec_fn: pin to ``cpu``, die with this script, and take the whole fd allowance;
-    with ``alarm_s``, also die after that long (an alarm survives exec: for a peer that
-    has no time limit of its own)."""
-
-    def setup() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if alarm_s:
-            signal.alarm(int(alarm_s))
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-    return setup
+    """preexec_fn: pin to ``cpu``, die with this script, take the whole fd allowance, and
+    with ``alarm_s`` die after that long (childproc.child_setup)."""
+    return child_setup(None if cpu is None else (cpu,), alarm_s)
 
 
 def read_line(fd: int, timeout: float) -> str:

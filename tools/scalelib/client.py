@@ -11,17 +11,17 @@ lines themselves are made again from (process, index, round) when they are neede
 from __future__ import annotations
 
 import collections
-import ctypes
 import errno
 import json
 import os
-import resource
 import select
 import signal
 import socket
 import time
 from array import array
 from typing import Any
+
+from childproc import die_with_parent, raise_nofile
 
 from .verify import PING, Failure, Scan, failure_of_errno, line, mismatch_kind, scan
 
@@ -33,7 +33,6 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 BATCH = 256            # connects started per loop turn at most, so reads are not starved
 PROGRESS_S = 0.5
 MAX_SAMPLES = 3        # mismatch samples kept per process
-_PR_SET_PDEATHSIG = 1
 
 
 class Client:
@@ -386,16 +385,9 @@ class Client:
 def child_main(cfg: dict[str, Any]) -> int:
     """The entry of ``scale.py --child``: dies with the parent, takes the whole fd
     allowance, and exits by itself if the parent's deadline passed long ago."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
     raise_nofile()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
     signal.alarm(int(cfg["max_seconds"]) + 30)
     return Client(cfg).run()
-
-
-def raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns it."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard

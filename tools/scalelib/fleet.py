@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .client import raise_nofile
+from childproc import raise_nofile
+
 from .plan import Plan, Share
 from .verify import Failure
 
