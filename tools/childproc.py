@@ -1,7 +1,8 @@
-"""What every tool here does to the processes it starts (and to itself): one place.
+"""The processes the tools start and watch: what is done to them, and what is read of them.
 
 The tools (bench.py, soak.py, scale.py) start servers, load generators and client
-processes that must never outlive them and that each hold thousands of sockets.
+processes that must never outlive them and that each hold thousands of sockets, and they
+read those processes' RSS, fd count and CPU time from /proc. Both are written here once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import resource
 import signal
 from typing import Callable, Iterable
 
-__all__ = ["child_setup", "die_with_parent", "raise_nofile"]
+__all__ = ["child_setup", "cpu_seconds", "cpu_ticks", "die_with_parent", "fd_count",
+           "raise_nofile", "stat_cpu_ticks", "status_kb"]
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -45,3 +47,39 @@ def child_setup(cpus: Iterable[int] | None = None, alarm_s: float = 0) -> Callab
         raise_nofile()
 
     return setup
+
+
+# -- reading a process -------------------------------------------------------------------
+# Each raises OSError if the process is gone (or not readable): the caller decides what a
+# vanished process means for its figure.
+
+def status_kb(pid: int, key: str) -> int:
+    """A kB field of /proc/PID/status, such as ``VmRSS``; KeyError if the line is missing
+    (a kernel thread or a zombie has no VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def fd_count(pid: int) -> int:
+    """How many file descriptors ``pid`` holds (the entries of /proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def stat_cpu_ticks(stat_line: str) -> int:
+    """utime + stime (clock ticks) from a /proc/PID/stat line; the name may hold spaces."""
+    fields = stat_line[stat_line.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of the whole line
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        return stat_cpu_ticks(f.read())
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from childproc import child_setup, raise_nofile
+from childproc import child_setup, fd_count, raise_nofile, status_kb
 from reactor.stats import StatsError, read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -551,7 +551,7 @@ def _proc_fds(pids: list[int]) -> int | None:
     if not pids:
         return None
     try:
-        return sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids)
+        return sum(fd_count(p) for p in pids)
     except OSError:
         return None
 
@@ -562,9 +562,8 @@ def _proc_rss(pids: list[int]) -> int | None:
     total = 0
     try:
         for p in pids:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
+            total += status_kb(p, "VmRSS")
+    except (OSError, KeyError):
         return None
     return total * 1024
 

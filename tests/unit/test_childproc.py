@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import ROOT, wait_for
 
 TOOLS = ROOT / "tools"
@@ -59,3 +61,25 @@ def test_child_setup_pins_to_the_cpus_given():
     out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
                          capture_output=True, text=True, timeout=30, preexec_fn=child_setup([cpu]))
     assert out.stdout.strip() == f"[{cpu}]"
+
+
+def test_readers_agree_with_what_this_process_knows_of_itself():
+    from childproc import cpu_seconds, cpu_ticks, fd_count, stat_cpu_ticks, status_kb
+
+    pid = os.getpid()
+    before = fd_count(pid)
+    r, w = os.pipe()
+    try:
+        assert fd_count(pid) == before + 2
+    finally:
+        os.close(r)
+        os.close(w)
+    times = os.times()
+    assert abs(cpu_seconds(pid) - (times.user + times.system)) < 0.5
+    assert cpu_ticks(pid) >= 0
+    # The name field may hold spaces and parentheses: fields are counted after the last ")".
+    line = "42 (a b) c) S " + " ".join(["0"] * 10) + " 7 5 0 0"
+    assert stat_cpu_ticks(line) == 12
+    assert status_kb(pid, "VmRSS") > 0
+    with pytest.raises(KeyError):
+        status_kb(pid, "NoSuchField")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from childproc import child_setup
+from childproc import child_setup, fd_count
+from childproc import status_kb as proc_status_kb
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH_DIR = ROOT / "tools" / "bench"
@@ -120,18 +121,6 @@ def read_line(fd: int, timeout: float) -> str:
             break
         buf += chunk
     return buf.decode(errors="replace")
-
-
-def proc_status_kb(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 class HarnessError(Exception):

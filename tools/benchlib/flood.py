@@ -14,7 +14,6 @@ timeouts whatever the server does.
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import subprocess
@@ -23,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from childproc import cpu_seconds as read_cpu_s
 
 from .base import ROOT, Env, HarnessError, Plan, Server, _child_setup, stream_checks
 
@@ -228,13 +229,6 @@ def parse_tcpkali(text: str) -> dict[str, Any]:
     return {"bytes_received": received, "tcpkali_seconds": seconds,
             "ramped_up": int(ramped.group(1)) if ramped else None,
             "lines_per_s": received / LINE_LEN / seconds if seconds > 0 else 0.0}
-
-
-def read_cpu_s(pid: int) -> float:
-    """utime+stime of ``pid`` in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_tcpkali(env: Env, server: Server, conns: int, plan: Plan) -> dict[str, Any]:

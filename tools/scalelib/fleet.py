@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from childproc import raise_nofile
+from childproc import raise_nofile, status_kb
 
 from .plan import Plan, Share
 from .verify import Failure
@@ -75,8 +75,9 @@ def tree_rss_bytes(pid: int) -> tuple[int, int] | None:
     total = count = 0
     for p in process_tree(pid):
         try:
-            with open(f"/proc/{p}/status") as f:
-                kib = next((int(x.split()[1]) for x in f if x.startswith("VmRSS:")), 0)
+            kib = status_kb(p, "VmRSS")
+        except KeyError:  # a zombie has no VmRSS
+            kib = 0
         except OSError:
             if p == pid:
                 return None

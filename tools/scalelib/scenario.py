@@ -27,22 +27,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from childproc import cpu_ticks as proc_cpu_ticks
+from childproc import stat_cpu_ticks
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def cpu_ticks(stat_line: str) -> int:
-    """utime + stime (clock ticks) from a /proc/PID/stat line; the name may hold spaces."""
-    fields = stat_line[stat_line.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of the whole line
+cpu_ticks = stat_cpu_ticks  # parses a /proc/PID/stat line (childproc)
 
 
 def read_cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` in clock ticks, or None if it is gone or unreadable."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return cpu_ticks(f.read())
+        return proc_cpu_ticks(pid)
     except (OSError, ValueError, IndexError):
         return None
 
