@@ -19,7 +19,7 @@ from .pool import BufferPool
 from .protocols import BatchCodec, Codec, FlatCodec, Handler
 from .ring import RingBuffer
 from .selector import EdgeSelector, LevelSelector
-from .stats import read_stats, serve_stats
+from .service.stats_socket import read_stats, serve_stats
 from .wheel import Timer, TimerEntry, TimerWheel
 
 

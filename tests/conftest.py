@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_ECHO = [sys.executable, "-m", "reactor.cli.line_echo"]
+LINE_ECHO = [sys.executable, "-m", "reactor.service.cli.line_echo"]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition",

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from reactor.cli._args import OneLineParser, number, parse  # noqa: E402
+from reactor.service.cli._args import OneLineParser, number, parse  # noqa: E402
 from scalelib.scenario import Scenario  # noqa: E402
 
 

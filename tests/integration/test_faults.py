@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from reactor import read_stats
-from reactor.stats import advertised_path
+from reactor.service.stats_socket import advertised_path
 from tests.conftest import EchoProber, recv_until_eof, wait_for
 from tests.integration.test_fd_stats import hold_echoed
 

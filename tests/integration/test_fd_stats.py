@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, recv_exactly, wait_for
 
-FD_STATS = [sys.executable, "-m", "reactor.cli.fd_stats"]
+FD_STATS = [sys.executable, "-m", "reactor.service.cli.fd_stats"]
 
 
 def fd_stats(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -162,7 +162,7 @@ def _statm_rss(pid: int) -> int:
 def test_the_fleet_is_found_unasked_and_shows_each_worker_and_the_total(daemon):
     """No --stats-socket anywhere: the supervisor and each worker advertise their own, and
     fd-stats on the supervisor shows every worker, the total, and a restarted worker."""
-    from reactor.stats import advertised_path
+    from reactor.service.stats_socket import advertised_path
 
     d = daemon("--workers", "3")
     wait_for(lambda: len(_children(d.pid)) == 3, 10, "three workers")
@@ -213,7 +213,7 @@ def test_the_fleet_is_found_unasked_and_shows_each_worker_and_the_total(daemon):
 
 
 def test_no_stats_socket_serves_none(daemon):
-    from reactor.stats import advertised_path
+    from reactor.service.stats_socket import advertised_path
 
     d = daemon("--no-stats-socket")
     assert not os.path.lexists(advertised_path(d.pid))
@@ -349,8 +349,8 @@ def test_no_permission_is_one_line_exit_1(daemon):
     the venv's interpreter lives where that user cannot start it)."""
     if os.getuid() != 0:
         pytest.skip("needs root to become another user")
-    import reactor.fdstats  # noqa: F401 - import before dropping privileges: the unprivileged
-    from reactor.cli import fd_stats  # user cannot read this interpreter's stdlib
+    import reactor.service.fdstats  # noqa: F401 - import before dropping privileges: the unprivileged
+    from reactor.service.cli import fd_stats  # user cannot read this interpreter's stdlib
 
     d = daemon()
     r, w = os.pipe()

@@ -15,10 +15,10 @@ from typing import Iterator
 
 import pytest
 
-from reactor.procview import CPU_INTERVAL_S
+from reactor.service.procview import CPU_INTERVAL_S
 from tests.conftest import ROOT, cpu_ticks
 
-FD_STATS = [sys.executable, "-m", "reactor.cli.fd_stats"]
+FD_STATS = [sys.executable, "-m", "reactor.service.cli.fd_stats"]
 # Spins (burning CPU, checking stdin every 10 ms of CPU) until it has used at least argv[1] CPU
 # seconds *and* a line came on stdin; then says "sleeping" and blocks on stdin until EOF.
 BURNER = r"""

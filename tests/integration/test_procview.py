@@ -23,8 +23,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from reactor import procview
-from reactor.procview import NoPermission, ProcessGone, ProcessSampler
+from reactor.service import procview
+from reactor.service.procview import NoPermission, ProcessGone, ProcessSampler
 
 ZOO = Path(__file__).with_name("fdzoo.py")
 STDIO_FDS = {"pipe": 2, "file": 1}                   # stdin, stdout pipes; stderr a log file

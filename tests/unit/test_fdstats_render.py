@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from reactor import fdstats
-from reactor.fdstats import Watcher, pool_view, render
+from reactor.service import fdstats
+from reactor.service.fdstats import Watcher, pool_view, render
 
 OLD_DOC = {
     "version": 1, "pid": 4242, "role": "worker", "selector": "epoll-et", "uptime_s": 75.0,

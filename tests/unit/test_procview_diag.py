@@ -15,8 +15,8 @@ from typing import Callable
 
 import pytest
 
-from reactor import procview
-from reactor.procview import ProcessSampler
+from reactor.service import procview
+from reactor.service.procview import ProcessSampler
 from tests.conftest import wait_for
 
 NLMSG = struct.Struct("=IHHII")

@@ -13,7 +13,8 @@ import pytest
 from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import Loop, read_stats, serve_stats
-from reactor.stats import StatsError, advertised_path, aggregate, loop_stats
+from reactor.stats import aggregate, loop_stats
+from reactor.service.stats_socket import StatsError, advertised_path
 from tests.conftest import ROOT, recv_until_eof, run_echo, wait_for
 
 CONTRACT_KEYS = {"version", "pid", "connections", "accepted", "closed", "chunks", "timers",

@@ -230,7 +230,7 @@ class Env:
         life = str(SERVER_LIFETIME_S)
         if name == "line-echo":
             exe = Path(sys.executable).parent / "line-echo"
-            base = [str(exe)] if exe.exists() else [sys.executable, "-m", "reactor.cli.line_echo"]
+            base = [str(exe)] if exe.exists() else [sys.executable, "-m", "reactor.service.cli.line_echo"]
             # --backlog: the peers listen with 4,096 (the kernel's somaxconn here), line-echo
             # defaults to 1,024; the same queue for all, or a connect storm judges the backlog
             return [*base, "--port", "0", "--idle-timeout", "0", "--log-level", "warning",

@@ -59,10 +59,10 @@ def kernel_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int
 
 def _stats_reader() -> Any:
     try:
-        from reactor.stats import StatsError, read_stats
+        from reactor.service.stats_socket import StatsError, read_stats
     except ImportError:
         sys.path.insert(0, str(ROOT))
-        from reactor.stats import StatsError, read_stats
+        from reactor.service.stats_socket import StatsError, read_stats
     return read_stats, StatsError
 
 

@@ -11,7 +11,7 @@ import socket
 import sys
 from typing import Any, Sequence
 
-from reactor.cli._args import OneLineParser, number, parse
+from reactor.service.cli._args import OneLineParser, number, parse
 
 from . import plan as planning
 from .fleet import Options, Run, exit_code

@@ -283,7 +283,7 @@ def _workers(sample: dict[str, Any]) -> list[dict[str, Any]]:
 def _answers(pid: int) -> bool:
     """Whether ``pid``'s advertised stats socket answers: the worker is serving."""
     sys.path.insert(0, str(ROOT))
-    from reactor.stats import StatsError, advertised_path, read_stats
+    from reactor.service.stats_socket import StatsError, advertised_path, read_stats
 
     try:
         return read_stats(advertised_path(pid), timeout_s=1.0).get("pid") == pid

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from childproc import fd_count, status_kb
-from reactor.stats import StatsError, read_stats
+from reactor.service.stats_socket import StatsError, read_stats
 
 from .common import DRAIN_S, FAULTS, HOST, INFLIGHT_BYTES, ROOT, SETTLE_S, _child_setup
 from .report import _size
@@ -163,7 +163,7 @@ class Soak:
 
     def start_daemon(self) -> None:
         exe = Path(sys.executable).parent / "line-echo"
-        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "reactor.cli.line_echo"]
+        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "reactor.service.cli.line_echo"]
         self.stats_path = str(self.workdir / "stats.sock")
         self.daemon_stderr = self.workdir / "line-echo.stderr"
         argv = [*base, "--port", "0", "--stats-socket", self.stats_path, "--log-level", "warning",

@@ -20,12 +20,13 @@ import stat
 import time
 from typing import Any, Callable
 
-from .address import format_address
-from .connection import ConnectionOptions
-from .loop import Loop, _bind
-from .protocols import Codec, Handler
-from .errors import CloseReason
-from .stats import STATS_VERSION, WholeReply, advertised_path, aggregate, serve_stats
+from ..address import format_address
+from ..connection import ConnectionOptions
+from ..errors import CloseReason
+from ..loop import Loop, _bind
+from ..protocols import Codec, Handler
+from ..stats import STATS_VERSION, aggregate
+from .stats_socket import WholeReply, advertised_path, serve_stats
 
 __all__ = ["ServerConfig", "bind_sockets", "run_server", "format_address"]
 

@@ -14,9 +14,9 @@ from typing import Sequence
 
 from handlers.echo import ERR_SERVER_FULL, ERR_TOO_MANY_FROM_ADDRESS, LineEchoHandler
 from handlers.line import LineCodec
-from reactor.cli._args import OneLineParser, number, parse
+from reactor.service.cli._args import OneLineParser, number, parse
 from reactor.connection import ConnectionOptions
-from reactor.server import ServerConfig, bind_sockets, format_address, run_server
+from reactor.service.server import ServerConfig, bind_sockets, format_address, run_server
 
 PROG = "line-echo"
 _LEVELS = ("debug", "info", "warning", "error", "critical")

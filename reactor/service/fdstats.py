@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .procview import CPU_INTERVAL_S, NoPermission, ProcessGone, ProcessSampler
-from .stats import StatsError, advertised_path, read_stats
+from .stats_socket import StatsError, advertised_path, read_stats
 
 __all__ = ["FDSTATS_VERSION", "Watcher", "render", "pool_view", "fleet_view", "fleet_total", "ProcessGone", "NoPermission",
            "StatsError"]

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from reactor.cli._args import OneLineParser, number, parse
+from reactor.service.cli._args import OneLineParser, number, parse
 
 PROG = "fd-stats"
 
@@ -36,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     if isinstance(args, int):
         return args
-    from reactor.fdstats import NoPermission, ProcessGone, StatsError, Watcher, render
-    from reactor.procview import CPU_INTERVAL_S
+    from reactor.service.fdstats import NoPermission, ProcessGone, StatsError, Watcher, render
+    from reactor.service.procview import CPU_INTERVAL_S
 
     interval = args.watch if args.watch is not None else (1.0 if args.count else None)
     count = args.count if args.count is not None else (None if args.watch else 1)

@@ -63,7 +63,7 @@ from typing import Iterator
 
 import psutil
 
-from .address import format_address
+from ..address import format_address
 
 __all__ = ["CPU_INTERVAL_S", "NoPermission", "ProcessGone", "ProcessSampler", "SOCK_DIAG_THRESHOLD",
            "TCP_STATES"]
