@@ -8,7 +8,7 @@ trailing partial line is echoed as is; ``PING`` goes out as a heartbeat.
 
 from __future__ import annotations
 
-from reactor import Connection, Handler
+from reactor import Handler, Transport
 from reactor.errors import CodecError, LineTimeout, LineTooLong
 
 __all__ = ["LineEchoHandler", "ERR_LINE_TOO_LONG", "ERR_LINE_TIMEOUT", "ERR_SERVER_FULL",
@@ -27,23 +27,23 @@ class LineEchoHandler(Handler):
 
     __slots__ = ()
 
-    def on_message(self, conn: Connection, line: bytes) -> None:
+    def on_message(self, conn: Transport, line: bytes) -> None:
         conn.send(line)
 
-    def on_batch(self, conn: Connection, lines: bytes) -> None:  # type: ignore[override]
+    def on_batch(self, conn: Transport, lines: bytes) -> None:  # type: ignore[override]
         conn.write(lines)  # every complete line, newlines included: echo them as they came
 
-    def on_eof(self, conn: Connection, remainder: bytes) -> bool:
+    def on_eof(self, conn: Transport, remainder: bytes) -> bool:
         if remainder:
             conn.write(remainder)
         return False
 
-    def on_codec_error(self, conn: Connection, exc: CodecError) -> None:
+    def on_codec_error(self, conn: Transport, exc: CodecError) -> None:
         if isinstance(exc, LineTooLong):
             conn.write(ERR_LINE_TOO_LONG)
         elif isinstance(exc, LineTimeout):
             conn.write(ERR_LINE_TIMEOUT)
         conn.close(exc.reason)
 
-    def on_heartbeat(self, conn: Connection) -> None:
+    def on_heartbeat(self, conn: Transport) -> None:
         conn.write(PING)

@@ -16,7 +16,7 @@ from .errors import (CloseReason, CodecError, FrameTimeout, FrameTooLong, LineTi
 from .listener import Listener
 from .loop import Handle, Loop
 from .pool import BufferPool
-from .protocols import BatchCodec, Codec, FlatCodec, Handler
+from .protocols import BatchCodec, Codec, FlatCodec, Handler, Transport
 from .ring import RingBuffer
 from .selector import EdgeSelector, LevelSelector
 from .service.stats_socket import read_stats, serve_stats
@@ -50,6 +50,7 @@ __all__ = [
     "Timer",
     "TimerEntry",
     "TimerWheel",
+    "Transport",
     "broadcast",
     "read_stats",
     "serve_stats",

@@ -35,7 +35,7 @@ def broadcast(conns: Iterable[Connection], msg: Any, codec: Codec | None = None)
             closed += 1
         elif not conn.writable:
             skipped += 1
-            conn._loop._broadcast_skipped += 1
+            conn._hub.broadcast_skipped += 1
         elif conn.write(data):
             sent += 1
         else:

@@ -2,8 +2,9 @@
 
 Bytes enter here (``_pump_reads``: recv_into the receive ring), become messages
 here (``_deliver``: codec -> handler.on_message) and leave here (``_flush``:
-one sendmsg of the send ring's segments). The loop only calls ``_on_events``,
-``_on_ready`` and ``_flush``; everything about one peer lives in this file.
+one sendmsg of the send ring's segments). The loop asks of a connection only what
+``reactor/hub.py``'s ``Driver`` names, and a connection asks of its loop only what the
+``Hub`` holds; everything about one peer lives in this file.
 
 The edge-triggered invariants (written once, tested in tests/unit/test_connection.py)
 -------------------------------------------------------------------------------------
@@ -54,7 +55,7 @@ from .selector import ERR, HUP, IN, OUT, RDHUP
 from .wheel import TimerEntry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .loop import Loop
+    from .hub import Hub
     from .protocols import Codec, Handler
     from .wheel import TimerWheel
 
@@ -143,6 +144,14 @@ class ConnectionOptions:
             )
 
 
+    def apply(self, sock: Any) -> None:
+        """Set the socket options these settings ask for on a TCP socket."""
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
 class _Extra:
     """What a connection sets rarely: kept apart so that most connections never pay for it."""
 
@@ -198,15 +207,15 @@ def _codec_batch_path(codec: Any) -> int:
     return path
 
 
-def _connection_class(cls: type, batch: int, loop: Loop) -> type:
-    """``cls`` with its read path ``batch`` and its ``loop`` as class attributes: a no-slot
-    subclass, made once per loop (kept in the loop's ``_conn_classes``)."""
+def _connection_class(cls: type, batch: int, hub: Hub) -> type:
+    """``cls`` with its read path ``batch`` and its loop's ``hub`` as class attributes: a
+    no-slot subclass, made once per loop (kept in ``hub.conn_classes``)."""
     base = cls.__dict__.get("_base", cls)
     key = (base, batch)
-    sub = loop._conn_classes.get(key)
+    sub = hub.conn_classes.get(key)
     if sub is None:
-        sub = loop._conn_classes[key] = type(base.__name__, (base,), {
-            "__slots__": (), "_batch": batch, "_loop": loop, "_base": base,
+        sub = hub.conn_classes[key] = type(base.__name__, (base,), {
+            "__slots__": (), "_batch": batch, "_hub": hub, "_base": base,
             "__module__": base.__module__, "__qualname__": base.__qualname__})
     return sub
 
@@ -231,21 +240,21 @@ class Connection(TimerEntry):
     # what most connections never set lives elsewhere: the close reason, the error, the
     # application's user_data, an outgoing connection's address, a shutdown drain's quota
     # and the id (drawn from the loop when first asked: an int object per connection
-    # otherwise) in an _Extra made on first use (_x); the loop and the read path in the
+    # otherwise) in an _Extra made on first use (_x); the loop's hub and the read path in the
     # class (see _connection_class).
 
-    #: How messages reach the handler (B_NONE, B_RING, B_FLAT) and the loop: set once, at
+    #: How messages reach the handler (B_NONE, B_RING, B_FLAT) and the loop's hub: set once, at
     #: construction, by moving the instance to a subclass that holds them (_connection_class).
     _batch = B_NONE
-    _loop: Loop
+    _hub: Hub
 
     #: Counted in the loop's books (connection_count, close reasons, stats). The loop's own
     #: service connections (the stats socket's) are an _UncountedConnection.
-    _counted = True
+    counted = True
 
     def __init__(
         self,
-        loop: Loop,
+        hub: Hub,
         sock: socket.socket,
         handler: Handler,
         codec: Codec,
@@ -274,13 +283,13 @@ class Connection(TimerEntry):
         # The batch fast path: a handler with on_batch and a BatchCodec (B_RING); a codec
         # that is a FlatCodec as well decodes reads in the loop's flat buffer (B_FLAT).
         batch = B_NONE if handler.on_batch is None else _codec_batch_path(codec)
-        self.__class__ = _connection_class(type(self), batch, loop)
+        self.__class__ = _connection_class(type(self), batch, hub)
         self._x: _Extra | None = None
         if conn_id:  # 0: drawn from the loop when first asked (the id property)
             self._extra().id = conn_id
         if peer is not None:  # None for accepted connections: asked of the kernel when needed
             self._peer = peer
-        self.created_at = self._last_rx = self._last_tx = loop._now
+        self.created_at = self._last_rx = self._last_tx = hub.now
         self._partial_since = 0.0  # when the partial frame held now began arriving
         self.bytes_in = 0
         self.bytes_out = 0
@@ -292,7 +301,7 @@ class Connection(TimerEntry):
         """Unique on its loop (drawn when first asked, so not in accept order)."""
         x = self._extra()
         if not x.id:
-            x.id = self._loop._new_id()
+            x.id = self._hub.new_id()
         return x.id
 
     def _extra(self) -> _Extra:
@@ -304,7 +313,7 @@ class Connection(TimerEntry):
     # Kept in the _Extra (see _InExtra): read as their default while it does not exist.
     _drain_left = _InExtra("drain_left", NOT_DRAINING,
                            "Bytes still to read in a shutdown drain, NOT_DRAINING or DRAINED. "
-                           "Read on the hot path only behind loop._shutting_down.")
+                           "Read on the hot path only behind hub.shutting_down.")
     _reason = _InExtra("reason", None, "Why the connection closed (or is closing); None while open.")
     _peer = _InExtra("peer", None, "The peer's address once known.")
     error = _InExtra("error", None,
@@ -366,6 +375,22 @@ class Connection(TimerEntry):
     def fileno(self) -> int:
         return self._sock.fileno()
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """As asyncio's transports: ``"socket"``, ``"peername"`` or ``"sockname"``, else
+        ``default`` (also when the socket is closed)."""
+        if self._state == CLOSED:
+            return default
+        if name == "socket":
+            return self._sock
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            try:
+                return self._sock.getsockname()
+            except OSError:
+                return default
+        return default
+
     # ---------------------------------------------------------------- sending
 
     def send(self, msg: Any) -> bool:
@@ -380,7 +405,7 @@ class Connection(TimerEntry):
             return False
         tx = self._tx if self._out is None else self._spill()
         if tx is None:
-            tx = self._tx = self._loop._take_ring()
+            tx = self._tx = self._hub.take_ring()
         self._codec.encode_into(msg, tx)
         return self._queued(len(tx))
 
@@ -394,18 +419,18 @@ class Connection(TimerEntry):
             # into a ring then. Only bytes: anything mutable could change meanwhile.
             self._out = data
             n = len(data)
-            if n <= self._loop._share and n <= self._opts.high_water and self._flags & F_FLUSH:
+            if n <= self._hub.share and n <= self._opts.high_water and self._flags & F_FLUSH:
                 return True  # under both watermarks, flush already due: _queued has nothing to do
             return self._queued(n)
         tx = self._tx if self._out is None else self._spill()
         if tx is None:
-            tx = self._tx = self._loop._take_ring()
+            tx = self._tx = self._hub.take_ring()
         tx.write(data)
         return self._queued(len(tx))
 
     def _spill(self) -> RingBuffer:
         """Move the write kept by reference into a send ring (a second write came)."""
-        tx = self._tx = self._loop._take_ring()
+        tx = self._tx = self._hub.take_ring()
         tx.write(self._out)  # type: ignore[arg-type]
         self._out = None
         return tx
@@ -414,10 +439,10 @@ class Connection(TimerEntry):
         """``n`` bytes are now queued: schedule the flush, apply the watermarks and the limit."""
         if not self._flags & F_FLUSH:
             self._flags |= F_FLUSH
-            self._loop._flushq.append(self)
+            self._hub.flushq.append(self)
         opts = self._opts
         high = opts.high_water
-        share = self._loop._share
+        share = self._hub.share
         if share < high:  # many connections share the pool: each pauses sooner
             high = share
         if n > high:
@@ -437,7 +462,7 @@ class Connection(TimerEntry):
                 self._flags |= F_HIGH
                 self._set_pause(P_BACKPRESSURE)
                 if opts.write_timeout_s > 0.0:  # the peer must now take bytes by then
-                    self._loop._wheel.rearm_sooner(self, opts.write_timeout_s)
+                    self._hub.wheel.rearm_sooner(self, opts.write_timeout_s)
                 self._call("on_paused")
         return True
 
@@ -462,8 +487,8 @@ class Connection(TimerEntry):
                     and not self._flags & (F_HIGH | F_BLOCKED):
                 # The per-event case (one reply, all taken, nothing paused): only accounting.
                 self.bytes_out += sent
-                self._loop._bytes_out += sent
-                self._last_tx = self._loop._now
+                self._hub.bytes_out += sent
+                self._last_tx = self._hub.now
                 return
             if sent < len(out):
                 # The kernel is full: keep the rest by reference too (a view of the same
@@ -493,20 +518,20 @@ class Connection(TimerEntry):
                 break
             if sent >= _FLUSH_BUDGET and tx:  # fair share spent; more next iteration
                 self._flags |= F_FLUSH
-                self._loop._flushq.append(self)
+                self._hub.flushq.append(self)
                 break
         if sent:
             self.bytes_out += sent
-            self._loop._bytes_out += sent
-            self._last_tx = self._loop._now
+            self._hub.bytes_out += sent
+            self._last_tx = self._hub.now
         blocked = bool(tx) and not self._flags & F_FLUSH
         if blocked != bool(self._flags & F_BLOCKED):
             self._flags ^= F_BLOCKED
-            if not self._loop._edge:
+            if not self._hub.edge:
                 self._sync_interest()
         if not tx and tx is not _EMPTY:
             self._tx = None
-            self._loop._ring_free.append(tx)
+            self._hub.ring_free.append(tx)
         if self._flags & F_HIGH and len(tx) <= self._low_water():
             self._flags &= ~F_HIGH
             self._clear_pause(P_BACKPRESSURE)
@@ -514,11 +539,16 @@ class Connection(TimerEntry):
         if not tx and self._state == CLOSING:
             self._finish_close()
 
+    def _flush_due(self) -> None:
+        """It was on the loop's flush queue (``Hub.flushq``): flush if still due."""
+        if self._flags & F_FLUSH:
+            self._flush()
+
     def _low_water(self) -> int:
         """Where reading resumes: the low watermark, a quarter of the fair share if that is
         lower (the high watermark follows the share too, in _queued)."""
         low = self._opts.low_water
-        quarter = self._loop._share >> 2
+        quarter = self._hub.share >> 2
         return quarter if quarter < low else low
 
     # ---------------------------------------------------------------- reading
@@ -532,11 +562,11 @@ class Connection(TimerEntry):
         self._clear_pause(P_USER)
 
     def _set_pause(self, bit: int) -> None:
-        if self._loop._shutting_down and self._drain_left != NOT_DRAINING:  # a drain reads regardless
+        if self._hub.shutting_down and self._drain_left != NOT_DRAINING:  # a drain reads regardless
             bit &= ~(P_USER | P_BACKPRESSURE)
         was = self._pause
         self._pause = was | bit
-        if not was and self._pause and not self._loop._edge:
+        if not was and self._pause and not self._hub.edge:
             self._sync_interest()
 
     def _clear_pause(self, bit: int) -> None:
@@ -544,8 +574,8 @@ class Connection(TimerEntry):
         self._pause = was & ~bit
         if was and not self._pause and self._state == OPEN:
             # Invariant 2: bytes may be waiting with no edge to announce them.
-            self._loop._ready.append(self)
-            if not self._loop._edge:
+            self._hub.ready.append(self)
+            if not self._hub.edge:
                 self._sync_interest()
 
     def _on_events(self, ev: int) -> None:
@@ -559,7 +589,7 @@ class Connection(TimerEntry):
                 # in the loop's flush queue: the flush below sends it.
                 self._flags |= F_FLUSH
                 if self._batch == B_FLAT:
-                    self._pump_flat(self._loop._read_budget)
+                    self._pump_flat(self._hub.read_budget)
                 else:
                     self._pump_reads()
                 # Replies to what this burst delivered leave now, in one sendmsg, so their
@@ -605,14 +635,14 @@ class Connection(TimerEntry):
         objects, not 10,000 chunks. A connection with a large partial frame reads
         straight into its own pooled ring.
         """
-        loop = self._loop
-        budget = loop._read_budget
+        hub = self._hub
+        budget = hub.read_budget
         if self._batch == B_FLAT:
             self._pump_flat(budget)
             return
         recv_into = self._sock.recv_into
-        keep = loop._read_keep
-        scratch = loop._scratch_ring
+        keep = hub.read_keep
+        scratch = hub.scratch_ring
         while not self._pause and self._state == OPEN:
             rx = self._rx
             if rx is None or (len(rx) <= _SMALL_REST and not rx.chunks_held > 1):
@@ -620,7 +650,7 @@ class Connection(TimerEntry):
                     for seg in rx.segments():
                         scratch.write(seg)
                     rx.clear()
-                    loop._ring_free.append(rx)
+                    hub.ring_free.append(rx)
                 rest = self._rest
                 if rest is not None:
                     scratch.write(rest)
@@ -635,7 +665,7 @@ class Connection(TimerEntry):
                 return
             budget -= n
             if budget <= 0:
-                loop._ready.append(self)  # invariant 1: no edge will come for the rest
+                hub.ready.append(self)  # invariant 1: no edge will come for the rest
                 return
 
     def _pump_flat(self, budget: int) -> None:
@@ -647,12 +677,12 @@ class Connection(TimerEntry):
         unless a partial frame over ``_SMALL_REST`` is still arriving (``_read_once``).
         One function on purpose: this is the per-event path, and calls are its cost.
         """
-        loop = self._loop
+        hub = self._hub
         # No pool check here: these reads take no chunk, and the replies they cause are
         # bounded by the fair share (a read asks at most ``share`` bytes; a backlog over
         # it pauses reading), so a connection that reads never waits on another's peer.
-        share = loop._share
-        mv = loop._flat_mv
+        share = hub.share
+        mv = hub.flat_mv
         codec = self._codec
         if TYPE_CHECKING:  # B_FLAT was chosen for a FlatCodec (_codec_batch_path)
             assert isinstance(codec, FlatCodec)
@@ -660,18 +690,18 @@ class Connection(TimerEntry):
             rx = self._rx
             if rx is not None:
                 if len(rx) > _SMALL_REST:  # a large frame still arriving: its own ring
-                    n = self._read_once(rx, self._sock.recv_into, loop._read_keep)
+                    n = self._read_once(rx, self._sock.recv_into, hub.read_keep)
                     if n < 0:
                         return
                     budget -= n
                     if budget <= 0:
-                        loop._ready.append(self)  # invariant 1: no edge for the rest
+                        hub.ready.append(self)  # invariant 1: no edge for the rest
                         return
                     continue
                 # What is left of a large frame: back to bytes (the codec forgets its scan).
                 self._rest = self._codec.take_remainder(rx)
                 self._rx = None
-                loop._ring_free.append(rx)
+                hub.ring_free.append(rx)
             rest = self._rest
             if rest is None:
                 off = 0
@@ -683,7 +713,7 @@ class Connection(TimerEntry):
             want = len(view)
             if want > share:
                 want = share
-            if loop._shutting_down and 0 <= self._drain_left < want:
+            if hub.shutting_down and 0 <= self._drain_left < want:
                 want = self._drain_left
             try:
                 n = self._sock.recv_into(view, want)
@@ -697,12 +727,12 @@ class Connection(TimerEntry):
                 return
             self._rest = None
             self.bytes_in += n
-            loop._bytes_in += n
-            self._last_rx = loop._now  # see _read_once
+            hub.bytes_in += n
+            self._last_rx = hub.now  # see _read_once
             end = off + n
             error = None
             try:
-                cut = codec.frames_end(loop._flat, off, end)
+                cut = codec.frames_end(hub.flat, off, end)
             except CodecError as exc:
                 error, cut = exc, exc.valid_prefix
             except Exception as exc:  # noqa: BLE001 - a codec bug closes one peer, as a handler's
@@ -716,7 +746,7 @@ class Connection(TimerEntry):
                 if not off:  # a partial frame where there was none: its deadline starts
                     self._partial_began()
                 elif cut:  # the old one completed and a new one began
-                    self._partial_since = loop._now
+                    self._partial_since = hub.now
             if cut:
                 try:
                     self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]
@@ -727,7 +757,7 @@ class Connection(TimerEntry):
                 if self._state == OPEN:
                     self._codec_error(error)
                 return
-            if loop._shutting_down and self._drain_left >= 0:
+            if hub.shutting_down and self._drain_left >= 0:
                 self._drain_left -= n
                 if self._drain_left == 0:
                     self._drain_done()
@@ -736,17 +766,17 @@ class Connection(TimerEntry):
                 return  # short read: drained (invariant 1)
             budget -= n
             if budget <= 0:
-                loop._ready.append(self)  # invariant 1: no edge will come for the rest
+                hub.ready.append(self)  # invariant 1: no edge will come for the rest
                 return
 
     def _keep_in_ring(self, data: Any) -> None:
         """Keep received bytes in a pooled receive ring (a large partial frame, or frames
         held back by a pause). They are read and must be kept, borrowing heap chunks if the
         pool is dry, but then reading stops until the pool has chunks again."""
-        loop = self._loop
-        rx = self._rx = loop._take_ring()
+        hub = self._hub
+        rx = self._rx = hub.take_ring()
         rx.write(data)
-        if len(rx) >= loop._share and loop.pool.is_low(loop._read_keep):
+        if len(rx) >= hub.share and hub.pool.is_low(hub.read_keep):
             self._starve()
 
     def _read_once(self, rx: RingBuffer, recv_into: Any, keep: int) -> int:
@@ -755,19 +785,19 @@ class Connection(TimerEntry):
         Returns the bytes read, or -1 when reading must stop for now."""
         before = len(rx)
         view = rx.writable(keep)
-        loop = self._loop
-        share = loop._share
+        hub = self._hub
+        share = hub.share
         if view is None:
             # The pool is at its cap. Below its fair share a connection still reads (a
             # heap chunk, counted as overflow); above it, it waits for chunks to come back.
-            if before >= share or rx is loop._scratch_ring:
+            if before >= share or rx is hub.scratch_ring:
                 self._starve()
                 return -1
             view = rx.writable(keep, borrow=True)
         want = len(view)
         if want > share:
             want = share
-        if loop._shutting_down and 0 <= self._drain_left < want:
+        if hub.shutting_down and 0 <= self._drain_left < want:
             want = self._drain_left
         try:
             n = recv_into(view, want)
@@ -785,14 +815,14 @@ class Connection(TimerEntry):
             return -1
         rx.commit(n)
         self.bytes_in += n
-        loop._bytes_in += n
+        hub.bytes_in += n
         # The idle timer is not touched here: it checks this stamp when it fires
         # (Netty's IdleStateHandler), so a busy connection pays one store per read.
-        self._last_rx = loop._now
+        self._last_rx = hub.now
         self._deliver()
         if not before and len(rx):  # a partial frame (or frames held by a pause) began
             self._partial_began()
-        if loop._shutting_down and self._drain_left >= 0:
+        if hub.shutting_down and self._drain_left >= 0:
             self._drain_left -= n
             if self._drain_left == 0:
                 self._drain_done()
@@ -839,7 +869,7 @@ class Connection(TimerEntry):
                 return
             if msg is None:
                 return
-            self._partial_since = self._loop._now  # whatever is left began no earlier
+            self._partial_since = self._hub.now  # whatever is left began no earlier
             try:
                 on_message(self, msg)
             except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
@@ -848,13 +878,13 @@ class Connection(TimerEntry):
 
     def _drop_rx_if_empty(self) -> None:
         rx = self._rx
-        if rx is not None and not rx and rx is not self._loop._scratch_ring:
+        if rx is not None and not rx and rx is not self._hub.scratch_ring:
             self._rx = None
-            self._loop._ring_free.append(rx)
+            self._hub.ring_free.append(rx)
 
     def _starve(self) -> None:
         self._set_pause(P_STARVED)
-        self._loop._starved.append(self)
+        self._hub.starved.append(self)
 
     def _unstarve(self) -> None:
         """The pool has chunks again (called by the loop)."""
@@ -862,7 +892,7 @@ class Connection(TimerEntry):
 
     def _peer_eof(self) -> None:
         self._pause |= P_EOF | P_FIN
-        if not self._loop._edge:
+        if not self._hub.edge:
             self._sync_interest()
         try:
             if self._rx:
@@ -885,18 +915,21 @@ class Connection(TimerEntry):
 
     # ----------------------------------------------------------------- timers
 
-    def _start_timers(self) -> None:
+    def _opened(self) -> None:
+        """Established (accepted, or the connect finished): arm the idle and heartbeat
+        checks and tell the handler."""
         opts = self._opts
         if opts.idle_timeout_s > 0 or opts.heartbeat_s > 0:
-            now = self._loop._now
-            self._loop._wheel.rearm(self, self._next_check(now) - now)
+            now = self._hub.now
+            self._hub.wheel.rearm(self, self._next_check(now) - now)
+        self._call("on_connect")
 
     def _partial_began(self) -> None:
         """A partial frame began arriving now: with a frame timeout, check by its deadline."""
-        self._partial_since = self._loop._now
+        self._partial_since = self._hub.now
         timeout = self._opts.frame_timeout_s
         if timeout > 0.0:
-            self._loop._wheel.rearm_sooner(self, timeout)
+            self._hub.wheel.rearm_sooner(self, timeout)
 
     def _holds_partial(self) -> bool:
         return self._rest is not None or bool(self._rx)
@@ -930,7 +963,7 @@ class Connection(TimerEntry):
         timeout = self._opts.write_timeout_s
         if timeout <= 0 or not self._flags & F_HIGH or now - self._last_tx < timeout - 1e-9:
             return False
-        watched = self._loop._outq_seen
+        watched = self._hub.outq_seen
         seen = watched.pop(self, None)
         # The last look counts only if nothing was sent since (a send refills the queue).
         before = seen[0] if seen is not None and seen[1] == self._last_tx else None
@@ -973,7 +1006,7 @@ class Connection(TimerEntry):
             elif st == LINGER:
                 self._linger_over()
             return
-        now = self._loop.time()
+        now = self._hub.clock.now()
         if self._frame_timed_out(now) or self._write_stalled(now):
             return
         opts = self._opts
@@ -990,7 +1023,7 @@ class Connection(TimerEntry):
                 return
         due = self._next_check(now)
         if due != _INF:
-            self._loop._wheel.rearm(self, due - now)
+            self._hub.wheel.rearm(self, due - now)
 
     # ---------------------------------------------------------------- closing
 
@@ -1008,16 +1041,16 @@ class Connection(TimerEntry):
         self._state = CLOSING
         self._reason = reason
         self._pause |= P_EOF
-        if not self._loop._edge:
+        if not self._hub.edge:
             self._sync_interest()
         if not self._tx and self._out is None:
             self._finish_close()
             return
         # A peer that never reads must not hold a closing connection forever.
-        self._loop._wheel.rearm(self, self._opts.close_timeout_s)
+        self._hub.wheel.rearm(self, self._opts.close_timeout_s)
         if not self._flags & (F_FLUSH | F_BLOCKED):
             self._flags |= F_FLUSH
-            self._loop._flushq.append(self)
+            self._hub.flushq.append(self)
 
     def _close_expired(self) -> None:
         if self._state == CLOSING:
@@ -1047,16 +1080,16 @@ class Connection(TimerEntry):
             self._teardown(self._reason or CloseReason.PEER_RESET)
             return
         self._state = LINGER
-        self._loop._wheel.rearm(self, self._opts.linger_s)
-        if not self._loop._edge:
+        self._hub.wheel.rearm(self, self._opts.linger_s)
+        if not self._hub.edge:
             self._sync_interest()
         self._linger_reads()
 
     def _linger_reads(self) -> None:
         """Read and discard until the peer's FIN (then close) or EAGAIN."""
         recv_into = self._sock.recv_into
-        scratch = self._loop._scratch
-        budget = self._loop._read_budget
+        scratch = self._hub.scratch
+        budget = self._hub.read_budget
         while budget > 0:
             try:
                 n = recv_into(scratch)
@@ -1068,7 +1101,7 @@ class Connection(TimerEntry):
                 self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
                 return
             budget -= n
-        self._loop._ready.append(self)
+        self._hub.ready.append(self)
 
     def _linger_over(self) -> None:
         if self._state == LINGER:
@@ -1095,10 +1128,10 @@ class Connection(TimerEntry):
         self._state = CLOSED
         if self._reason is None:
             self._reason = reason
-        if self._loop._outq_seen:
-            self._loop._outq_seen.pop(self, None)
-        self._loop._wheel.cancel(self)  # whatever it was armed for; a no-op if nothing
-        self._loop._forget(self)
+        if self._hub.outq_seen:
+            self._hub.outq_seen.pop(self, None)
+        self._hub.wheel.cancel(self)  # whatever it was armed for; a no-op if nothing
+        self._hub.forget(self)
         try:
             self._sock.close()
         except OSError:  # pragma: no cover
@@ -1106,10 +1139,10 @@ class Connection(TimerEntry):
         for ring in (self._rx, self._tx):
             if ring is not None:
                 ring.clear()
-                if ring is not self._loop._scratch_ring:
-                    self._loop._ring_free.append(ring)
+                if ring is not self._hub.scratch_ring:
+                    self._hub.ring_free.append(ring)
         self._rx = self._tx = self._rest = self._out = None
-        self._loop.call_soon(self._notify_closed)
+        self._hub.call_soon(self._notify_closed)
 
     def _notify_closed(self) -> None:
         try:
@@ -1148,7 +1181,7 @@ class Connection(TimerEntry):
         if queued == 0:
             self._drain_done()
         else:
-            self._loop._ready.append(self)
+            self._hub.ready.append(self)
 
     def _drain_done(self) -> None:
         self._drain_left = DRAINED
@@ -1160,18 +1193,21 @@ class Connection(TimerEntry):
     def _finish_connect(self) -> None:
         err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.error = OSError(err, os.strerror(err))
-            self._teardown(CloseReason.CONNECT_FAILED)
+            self._connect_failed(OSError(err, os.strerror(err)))
             return
-        self._loop._wheel.cancel(self)  # the connect timeout
+        self._hub.wheel.cancel(self)  # the connect timeout
         self._state = OPEN
-        self._loop._connected(self)
+        self._opened()
         if self._state == OPEN and (self._tx or self._out is not None):
             self._flush()
         if self._state == OPEN and not self._pause:
             self._pump_reads()
-        if not self._loop._edge and self._state < CLOSED:
+        if not self._hub.edge and self._state < CLOSED:
             self._sync_interest()
+
+    def _connect_failed(self, exc: OSError) -> None:
+        self.error = exc
+        self._teardown(CloseReason.CONNECT_FAILED)
 
     def _connect_timed_out(self) -> None:
         if self._state == CONNECTING:
@@ -1199,7 +1235,7 @@ class Connection(TimerEntry):
         reading = (st == OPEN and not self._pause) or st == LINGER
         writing = st == CONNECTING or (bool(self._flags & F_BLOCKED) and st <= CLOSING)
         if st != CLOSED:
-            self._loop._selector.set_interest(self._sock.fileno(), reading, writing)
+            self._hub.selector.set_interest(self._sock.fileno(), reading, writing)
 
     def _snapshot(self, now: float) -> dict[str, Any]:
         return {
@@ -1215,9 +1251,9 @@ class Connection(TimerEntry):
 
 
 class _UncountedConnection(Connection):
-    """A connection the loop serves but does not count (see ``Connection._counted``)."""
+    """A connection the loop serves but does not count (see ``Connection.counted``)."""
 
     __slots__ = ()
-    _counted = False
+    counted = False
 
 

@@ -8,7 +8,7 @@ budget runs out the listener goes on the loop's ready list.
 Two optional limits, both free when off (a local int or None test per accept):
 ``max_conns_per_ip`` counts held connections per peer host in a dict that drops
 a host at zero, so it never holds more entries than connections; the slot is
-given back from the connection's close path (``Loop._forget``). ``accept_rate``
+given back from the connection's close path (``Hub.forget``). ``accept_rate``
 is a ``TokenBucket``: when it is empty we stop accepting and leave the rest in
 the kernel's backlog, and -- as with EMFILE below, there will be no new edge --
 a timer resumes accepting when the next token is due.
@@ -41,6 +41,7 @@ import math
 import os
 import resource
 import socket
+import _socket
 from typing import TYPE_CHECKING, Any, Callable
 
 from .address import format_address
@@ -49,7 +50,7 @@ from .errors import CloseReason
 if TYPE_CHECKING:  # pragma: no cover
     from .clock import Clock
     from .connection import ConnectionOptions
-    from .loop import Loop
+    from .hub import Hub
     from .protocols import Codec, Handler
 
 __all__ = ["Listener", "FdReserve", "TokenBucket", "raise_fd_limit", "default_max_conns",
@@ -198,9 +199,9 @@ class Listener:
     """
 
     __slots__ = (
-        "_loop", "_sock", "_fd", "_handler_factory", "_codec_factory", "_opts",
+        "_hub", "_sock", "_fd", "_handler_factory", "_codec_factory", "options",
         "max_conns", "reject_message", "accept_budget", "_reserve", "_paused",
-        "_retry", "_counted", "_warned_at", "_unwarned", "address", "family",
+        "_retry", "counted", "_warned_at", "_unwarned", "address", "family",
         "accepted_total", "rejected_total", "fd_exhausted_total", "_closed", "on_close",
         "max_conns_per_ip", "per_ip_reject_message", "_per_ip", "per_ip_rejected_total",
         "accept_rate", "_bucket", "accept_pauses_total",
@@ -208,7 +209,7 @@ class Listener:
 
     def __init__(
         self,
-        loop: Loop,
+        hub: Hub,
         sock: socket.socket,
         handler_factory: Callable[[], Handler],
         codec_factory: Callable[[], Codec],
@@ -227,12 +228,13 @@ class Listener:
             raise ValueError(f"max_conns_per_ip must be >= 0, not {max_conns_per_ip}")
         if not (accept_rate >= 0 and math.isfinite(accept_rate)):
             raise ValueError(f"accept_rate must be a finite number >= 0, not {accept_rate}")
-        self._loop = loop
+        self._hub = hub
         self._sock = sock
         self._fd = sock.fileno()
         self._handler_factory = handler_factory
         self._codec_factory = codec_factory
-        self._opts = opts
+        #: The settings of the connections it accepts.
+        self.options = opts
         self.max_conns = max_conns
         self.reject_message = reject_message
         self.family = sock.family
@@ -241,13 +243,14 @@ class Listener:
         self._per_ip: dict[str, int] = {}  # peer host -> connections held; no zero entries
         self.per_ip_rejected_total = 0
         self.accept_rate = float(accept_rate)
-        self._bucket = TokenBucket(accept_rate, loop._clock) if accept_rate else None
+        self._bucket = TokenBucket(accept_rate, hub.clock) if accept_rate else None
         self.accept_pauses_total = 0
         self.accept_budget = accept_budget
         self._reserve = reserve if reserve is not None else FdReserve()
         self._paused = False
         self._retry: Any = None
-        self._counted = counted
+        #: Its connections are counted in the loop's books (False: the stats socket's).
+        self.counted = counted
         self._warned_at = -1e18
         self._unwarned = 0
         self.address = sock.getsockname()
@@ -267,8 +270,8 @@ class Listener:
             return
         self._closed = True
         if self._retry is not None:
-            self._loop._wheel.cancel(self._retry)
-        self._loop._forget(self)
+            self._hub.wheel.cancel(self._retry)
+        self._hub.forget(self)
         path = self.address if self.family == socket.AF_UNIX else None
         self._sock.close()
         self._reserve.close()
@@ -291,7 +294,7 @@ class Listener:
 
     def _accept_some(self) -> None:
         accept = self._sock._accept  # type: ignore[attr-defined]  # fd, addr: no socket object yet
-        loop = self._loop
+        hub = self._hub
         bucket = self._bucket
         per_ip = self.max_conns_per_ip
         for _ in range(self.accept_budget):
@@ -316,20 +319,43 @@ class Listener:
                           format_address(self.address), exc, _RETRY_S)
                 self._pause()
                 return
-            if self._counted and loop._nconns >= self.max_conns:
+            if self.counted and hub.nconns >= self.max_conns:
                 self._reject(fd, CloseReason.SERVER_FULL, self.reject_message)
                 continue
             if per_ip and not self._take_ip_slot(fd, addr[0]):
                 continue
             self.accepted_total += 1
-            loop._admit(self, fd, addr)
-            if per_ip and loop._owner(fd) is None:  # not admitted: a factory failed
-                give_back = loop._on_forget.pop(fd, None)
+            if not self._admit(fd, addr) and per_ip:  # not admitted: give the slot back
+                give_back = hub.on_forget.pop(fd, None)
                 if give_back is not None:
                     give_back()
             if self._closed:
                 return
-        loop._accepting.append(self)  # budget spent; the queue may hold more (no new edge)
+        hub.accepting.append(self)  # budget spent; the queue may hold more (no new edge)
+
+    def _admit(self, fd: int, addr: Any) -> bool:
+        """Make the accepted ``fd`` a connection (``Hub.attach``); False if it was refused."""
+        try:
+            # The C socket type, not socket.socket: the same methods without the Python
+            # subclass's GC-tracked wrapper (48 bytes per connection instead of 88).
+            sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        except OSError:  # pragma: no cover
+            os.close(fd)
+            return False
+        opts = self.options
+        try:
+            sock.setblocking(False)
+            if self.family != socket.AF_UNIX:
+                opts.apply(sock)
+            handler = self._handler_factory()
+            codec = self._codec_factory()
+        except Exception as exc:  # noqa: BLE001 - a bad factory refuses one peer
+            log.error("listener %s: cannot set up a connection from %s: %s",
+                      format_address(self.address), format_address(addr), exc, exc_info=exc)
+            sock.close()
+            return False
+        self._hub.attach(sock, handler, codec, opts, self.counted)
+        return True
 
     def _take_ip_slot(self, fd: int, host: str) -> bool:
         """Count one more connection from ``host``, to be given back when it closes;
@@ -341,7 +367,7 @@ class Listener:
             return False
         self._per_ip[host] = held + 1
         # Registered before the connection exists: on_connect may abort it at once.
-        self._loop._on_forget[fd] = functools.partial(self._give_ip_slot, host)
+        self._hub.on_forget[fd] = functools.partial(self._give_ip_slot, host)
         return True
 
     def _give_ip_slot(self, host: str) -> None:
@@ -381,7 +407,7 @@ class Listener:
     def _reject(self, fd: int, reason: CloseReason, message: bytes | None) -> None:
         """Tell an excess connection why (if it will take the bytes now), then close it."""
         self.rejected_total += 1
-        self._loop._count_close(reason)
+        self._hub.count_close(reason)
         try:
             s = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
         except OSError:  # pragma: no cover
@@ -394,7 +420,7 @@ class Listener:
             s.shutdown(socket.SHUT_WR)
             # Unread bytes at close() turn the FIN into a RST, which may destroy the
             # message above before the peer reads it: read what is queued first.
-            scratch = self._loop._scratch
+            scratch = self._hub.scratch
             for _ in range(16):
                 if not s.recv_into(scratch):
                     break
@@ -407,21 +433,21 @@ class Listener:
         if self._paused or self._closed:
             return
         self._paused = True
-        if not self._loop._edge:  # a level-triggered listener would report itself ready all along
-            self._loop._selector.set_interest(self._fd, False, False)
-        self._retry = self._loop._wheel.call_later(delay_s, self._resume)
+        if not self._hub.edge:  # a level-triggered listener would report itself ready all along
+            self._hub.selector.set_interest(self._fd, False, False)
+        self._retry = self._hub.wheel.call_later(delay_s, self._resume)
 
     def _resume(self) -> None:
         self._paused = False
         self._retry = None
-        if not self._loop._edge and not self._closed:
-            self._loop._selector.set_interest(self._fd, True, False)
+        if not self._hub.edge and not self._closed:
+            self._hub.selector.set_interest(self._fd, True, False)
         if not self._closed:
             self._reserve.reacquire()
             self._accept_some()
 
     def _warn(self, exc: OSError) -> None:
-        now = self._loop.time()
+        now = self._hub.clock.now()
         if now - self._warned_at >= _WARN_EVERY_S:
             more = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
             log.warning("listener %s: out of file descriptors (%s): refusing connections "

@@ -29,21 +29,21 @@ import errno
 import logging
 import os
 import signal
-import _socket
 import socket
 import stat
 from typing import Any, Callable
 
 from .clock import Clock, MonotonicClock
 from .address import format_address
-from .connection import F_FLUSH, Connection, ConnectionOptions, _UncountedConnection
+from .connection import Connection, ConnectionOptions, _UncountedConnection
 from .errors import CloseReason
+from .hub import Hub
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
 from .pool import BufferPool, fair_share
-from .ring import RingBuffer
 from .protocols import Codec, Handler
 from .selector import make_selector
+from .stats import loop_stats
 from .wakeup import SignalPipe, Waker
 from .wheel import Timer, TimerWheel
 
@@ -129,64 +129,35 @@ class Loop:
             raise ValueError(
                 f"read_reserve must be in [0, {pool.chunks_max}), not {read_reserve}"
             )
-        self._read_keep = read_reserve
         self._pool_arenas = pool._arenas  # more than one: grown, trim() may give some back
         self._trim_timer: Timer | None = None
-        self._read_budget = read_budget
         # The most one recv asks for (the fair share's ceiling). 64 KiB as py_et_echo's window
         # and libuv's read size: under tcp_mem pressure in a no-window flood, 256 KiB replies
         # left 10x more connections without a byte for seconds than 64 KiB ones (issue 10).
         self._read_size = min(read_size, read_budget)
         self._wheel = TimerWheel(self._clock, tick_s=tick_s, on_error=self._timer_failed)
+        #: What connections and listeners share with this loop (reactor/hub.py).
+        self.hub = hub = Hub(self._clock, self._wheel, self._selector, pool, read_budget,
+                             read_reserve, dict.fromkeys(CloseReason, 0))
+        hub.attach = self._attach
+        hub.forget = self._forget
+        hub.call_soon = self.call_soon
         # Who owns each registered fd, indexed by the fd: a list, not a dict, because fds
         # are small dense ints (no hash entry and no key object per connection).
         self._fdmap: list[Any] = []
-        # fd -> what to run when that connection closes (a listener's per-address count)
-        self._on_forget: dict[int, Callable[[], None]] = {}
-        self._ready: list[Any] = []
-        self._accepting: list[Listener] = []  # listeners whose accept budget ran out
-        self._flushq: list[Connection] = []
-        self._starved: list[Connection] = []
-        # Connections past their write deadline whose kernel send queue is being watched
-        # for progress (Connection._write_stalled): the queue's size at the last look, and
-        # the connection's _last_tx then (a send since makes that look stale).
-        self._outq_seen: dict[Connection, tuple[int, float]] = {}
         self._soon: collections.deque[Handle] = collections.deque()
-        self._scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
-        self._ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand
-        # (Connection class, read path) -> its subclass holding this loop (_connection_class)
-        self._conn_classes: dict[tuple[type, int], type] = {}
-        # One big buffer every connection reads into (see Connection._pump_reads); its
-        # own one-chunk pool, so it never competes with the connections' chunks.
-        self._scratch_ring = RingBuffer(BufferPool(read_budget, 1))
-        # The flat buffer of the batch fast path (Connection._pump_flat): one recv_into,
-        # one rfind by the codec, one copy of the complete frames out; allocated once.
-        self._flat = bytearray(read_budget)
-        self._flat_mv = memoryview(self._flat)
         self._listeners: list[Listener] = []
         self._waker = Waker()
         self._register(self._waker.fileno(), _FdReader(self._on_wakeup))
         self._sigpipe: SignalPipe | None = None
         self._sig_handlers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
         self._sig_saved: dict[int, Any] = {}
-        self._next_id = 0
-        self._nconns = 0
-        self._share = 0  # bytes of buffer memory each connection may hold (_reshare)
         self._reshare()
-        self._accepted_total = 0
-        self._closed_by_reason: dict[CloseReason, int] = dict.fromkeys(CloseReason, 0)
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._iterations = 0
-        self._events = 0
-        self._broadcast_skipped = 0
         self._running = False
         self._stopping = False
-        self._shutting_down = False
         self._drain_timer: Timer | None = None
         self._closed = False
-        self.started_at = self._now = self._clock.now()
-        self._rate_marks: list[tuple[float, dict[str, int]]] = []  # for stats rates
+        self.started_at = hub.now
 
     # ------------------------------------------------------------------ facts
 
@@ -202,11 +173,11 @@ class Loop:
     @property
     def connection_count(self) -> int:
         """Open connections (those from ``listen``/``connect``; not stats readers)."""
-        return self._nconns
+        return self.hub.nconns
 
     @property
     def shutting_down(self) -> bool:
-        return self._shutting_down
+        return self.hub.shutting_down
 
     def time(self) -> float:
         """The loop's clock, in seconds."""
@@ -214,7 +185,7 @@ class Loop:
 
     def connections(self) -> list[Connection]:
         """A snapshot list of the open connections."""
-        return [o for o in self._fdmap if isinstance(o, Connection) and o._counted]
+        return [o for o in self._fdmap if isinstance(o, Connection) and o.counted]
 
     @property
     def listeners(self) -> list[Listener]:
@@ -332,7 +303,7 @@ class Loop:
         sock.setblocking(False)
         try:
             listener = Listener(
-                self, sock, handler_factory, codec_factory, opts,
+                self.hub, sock, handler_factory, codec_factory, opts,
                 max_conns=default_max_conns() if max_conns is None else max_conns,
                 reject_message=reject_message, max_conns_per_ip=max_conns_per_ip,
                 per_ip_reject_message=per_ip_reject_message, accept_rate=accept_rate,
@@ -372,35 +343,21 @@ class Loop:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         if family != socket.AF_UNIX:
-            _tune(sock, opts)
+            opts.apply(sock)
         err = sock.connect_ex(target)
-        conn = Connection(self, sock, handler_factory(), codec_factory(), opts, target,
-                          self._new_id(), connecting=True)
+        hub = self.hub
+        conn = Connection(hub, sock, handler_factory(), codec_factory(), opts, target,
+                          hub.new_id(), connecting=True)
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-            conn.error = OSError(err, os.strerror(err))
             self._own(sock.fileno(), conn)
-            self._nconns += 1
-            conn._teardown(CloseReason.CONNECT_FAILED)
+            hub.nconns += 1
+            conn._connect_failed(OSError(err, os.strerror(err)))
             return conn
         self._register(sock.fileno(), conn, writing=True)
-        self._nconns += 1
+        hub.nconns += 1
         self._reshare()
         self._wheel.rearm(conn, timeout_s)  # the connect timeout (Connection._fire)
         return conn
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    def _take_ring(self) -> RingBuffer:
-        """An empty ring for a connection that is about to hold bytes."""
-        free = self._ring_free
-        return free.pop() if free else RingBuffer(self.pool)
-
-    def _owner(self, fd: int) -> Any:
-        """What the loop holds ``fd`` for, or None."""
-        fdmap = self._fdmap
-        return fdmap[fd] if 0 <= fd < len(fdmap) else None
 
     def _own(self, fd: int, obj: Any) -> None:
         fdmap = self._fdmap
@@ -412,65 +369,46 @@ class Loop:
         self._own(fd, obj)
         self._selector.register(fd, True, writing)
 
-    def _admit(self, listener: Listener, fd: int, addr: Any) -> None:
-        """A listener accepted ``fd``: make it a Connection and tell the handler."""
-        try:
-            # The C socket type, not socket.socket: the same methods without the Python
-            # subclass's GC-tracked wrapper (48 bytes per connection instead of 88).
-            sock = _socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
-        except OSError:  # pragma: no cover
-            os.close(fd)
-            return
-        opts = listener._opts
-        try:
-            sock.setblocking(False)
-            if listener.family != socket.AF_UNIX:
-                _tune(sock, opts)
-            handler = listener._handler_factory()
-            codec = listener._codec_factory()
-        except Exception as exc:  # noqa: BLE001 - a bad factory refuses one peer
-            log.error("listener: cannot set up a connection from %r: %s", addr, exc,
-                      exc_info=exc)
-            sock.close()
-            return
+    def _attach(self, sock: Any, handler: Handler, codec: Codec, opts: ConnectionOptions,
+                counted: bool) -> Connection:
+        """``Hub.attach``: an accepted, tuned socket becomes a registered Connection; the
+        handler's on_connect has run when this returns the Connection."""
+        hub = self.hub
         # The address accept() returned is not kept (140 bytes per connection):
         # conn.peer asks the kernel when someone wants it. The id is drawn when first asked.
-        cls = Connection if listener._counted else _UncountedConnection
-        conn = cls(self, sock, handler, codec, opts, None, 0)
+        conn = (Connection if counted else _UncountedConnection)(
+            hub, sock, handler, codec, opts, None, 0)
         # ET: an fd already readable when added raises its edge at once, so bytes
         # that came with the handshake are not missed.
-        self._register(fd, conn, writing=self._edge)
-        if listener._counted:
-            self._nconns += 1
-            self._accepted_total += 1
+        self._register(sock.fileno(), conn, writing=self._edge)
+        if counted:
+            hub.nconns += 1
+            hub.accepted_total += 1
             self._reshare()
-        conn._start_timers()
-        conn._call("on_connect")
-
-    def _connected(self, conn: Connection) -> None:
-        conn._start_timers()
-        conn._call("on_connect")
+        conn._opened()
+        return conn
 
     def _forget(self, obj: Any) -> None:
-        """An object closed: stop watching its fd and update the books."""
+        """``Hub.forget``: an object closed; stop watching its fd and update the books."""
+        hub = self.hub
         fd = obj.fileno()  # called before the socket is closed
         fdmap = self._fdmap
         if 0 <= fd < len(fdmap) and fdmap[fd] is obj:
             fdmap[fd] = None
             self._selector.unregister(fd)
-            if self._on_forget:
-                hook = self._on_forget.pop(fd, None)
+            if hub.on_forget:
+                hook = hub.on_forget.pop(fd, None)
                 if hook is not None:
                     hook()
         if isinstance(obj, Listener):
             if obj in self._listeners:
                 self._listeners.remove(obj)
             return
-        if obj._counted:
-            self._nconns -= 1
+        if obj.counted:
+            hub.nconns -= 1
             self._reshare()
-            self._count_close(obj._reason or CloseReason.LOCAL_CLOSE)
-            if self._shutting_down and self._nconns == 0:
+            hub.count_close(obj.close_reason or CloseReason.LOCAL_CLOSE)
+            if hub.shutting_down and hub.nconns == 0:
                 self.stop()
 
     def _reshare(self) -> None:
@@ -479,20 +417,17 @@ class Loop:
         pauses reading, so the connections together stay within the pool's cap; one that
         holds less than its share is never refused memory (at the cap it borrows from the
         heap, counted as overflow), so no connection waits on another's peer."""
-        self._share = fair_share(self.pool.max_bytes, self._nconns, self._read_size)
+        self.hub.share = fair_share(self.pool.max_bytes, self.hub.nconns, self._read_size)
 
     @property
     def buffer_share(self) -> int:
         """The fair share of buffer memory per connection now, in bytes (see ``_reshare``)."""
-        return self._share
+        return self.hub.share
 
     def _trim_pool(self) -> None:
         self.pool.trim()
         self._trim_timer = (self._wheel.call_later(_TRIM_EVERY_S, self._trim_pool)
                             if len(self._pool_arenas) > 1 else None)
-
-    def _count_close(self, reason: CloseReason) -> None:
-        self._closed_by_reason[reason] += 1
 
     # --------------------------------------------------------------- running
 
@@ -513,10 +448,11 @@ class Loop:
 
     def run_once(self, timeout: float | None = None) -> None:
         """One iteration (see the module docstring). ``timeout`` caps the sleep."""
-        ready = self._ready
+        hub = self.hub
+        ready = hub.ready
         if ready:
-            self._ready = []
-        if ready or self._soon or self._flushq or self._accepting:
+            hub.ready = []
+        if ready or self._soon or hub.flushq or hub.accepting:
             wait: float | None = 0.0
         else:
             deadline = self._wheel.next_deadline()
@@ -529,7 +465,7 @@ class Loop:
         if timeout is not None and (wait is None or timeout < wait):
             wait = timeout
         events = self._selector.poll(wait)
-        self._now = self._clock.now()  # one clock read per iteration, for cheap timestamps
+        hub.now = self._clock.now()  # one clock read per iteration, for cheap timestamps
         fdmap = self._fdmap
         if len(events) <= _ACCEPT_EVERY:
             for fd, ev in events:
@@ -542,34 +478,34 @@ class Loop:
                     obj = fdmap[fd]
                     if obj is not None:
                         obj._on_events(ev)
-                if self._accepting:
+                if hub.accepting:
                     self._serve_accepting()
-        if self._accepting:
+        if hub.accepting:
             self._serve_accepting()
         for obj in ready:
             obj._on_ready()
         if self._soon:
             self._run_soon()
-        self._wheel.expire(10000, self._now)
-        flushq = self._flushq
+        self._wheel.expire(10000, hub.now)
+        flushq = hub.flushq
         if flushq:
-            self._flushq = []
+            hub.flushq = []
             for conn in flushq:
-                if conn._flags & F_FLUSH:
-                    conn._flush()
-        if self._starved and not self.pool.is_low(self._read_keep):
-            starved = self._starved
-            self._starved = []
+                conn._flush_due()
+        if hub.starved and not self.pool.is_low(hub.read_keep):
+            starved = hub.starved
+            hub.starved = []
             for conn in starved:
                 conn._unstarve()
         if self._trim_timer is None and len(self._pool_arenas) > 1:
             self._trim_timer = self._wheel.call_later(_TRIM_EVERY_S, self._trim_pool)
-        self._iterations += 1
-        self._events += len(events)
+        hub.iterations += 1
+        hub.events += len(events)
 
     def _serve_accepting(self) -> None:
-        accepting = self._accepting
-        self._accepting = []
+        hub = self.hub
+        accepting = hub.accepting
+        hub.accepting = []
         for listener in accepting:
             listener._on_ready()
 
@@ -605,15 +541,15 @@ class Loop:
         After ``drain_timeout_s`` whatever is left is dropped with one warning
         naming the connections and bytes. :meth:`run` returns when done.
         """
-        if self._shutting_down:
+        if self.hub.shutting_down:
             return
-        self._shutting_down = True
+        self.hub.shutting_down = True
         for listener in list(self._listeners):
-            if listener._counted:
+            if listener.counted:
                 listener.close()
         for conn in self.connections():
             conn._begin_drain()
-        if self._nconns == 0:
+        if self.hub.nconns == 0:
             self.stop()
         else:
             self._drain_timer = self._wheel.call_later(drain_timeout_s, self._drain_expired,
@@ -677,8 +613,6 @@ class Loop:
 
     def stats(self) -> dict[str, Any]:
         """The loop's internals as a plain dict (what the stats socket serves)."""
-        from .stats import loop_stats
-
         return loop_stats(self)
 
 
@@ -690,13 +624,6 @@ def _options(options: ConnectionOptions | None, kwargs: dict[str, Any]) -> Conne
     if options is not None and kwargs:
         raise TypeError("pass either options= or ConnectionOptions keywords, not both")
     return options if options is not None else ConnectionOptions(**kwargs)
-
-
-def _tune(sock: socket.socket, opts: ConnectionOptions) -> None:
-    if opts.nodelay:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if opts.keepalive:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 def _bind(address: tuple[str, int] | str, backlog: int, reuse_port: bool,

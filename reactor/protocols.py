@@ -1,6 +1,8 @@
-"""The two interfaces the core owns: Codec (bytes <-> messages) and Handler (callbacks).
+"""The interfaces the core owns: Codec (bytes <-> messages), Handler (callbacks) and
+Transport (what a handler may do with its connection).
 
-``handlers/`` implements them; the core only calls them. A codec is sans-IO: it
+``handlers/`` implements Codec and Handler; the core only calls them. ``Connection``
+is the Transport a loop gives handlers; ``reactor.testing`` has one with no socket. A codec is sans-IO: it
 reads a :class:`~reactor.ring.RingBuffer` and writes one, and never sees a
 socket, the loop or a clock. Handler methods are no-ops by default (gnet's
 ``BuiltinEventEngine``), so a handler overrides only what it needs.
@@ -13,10 +15,66 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 from .errors import CloseReason, CodecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .connection import Connection
     from .ring import RingBuffer
 
-__all__ = ["BatchCodec", "Codec", "FlatCodec", "Handler"]
+__all__ = ["BatchCodec", "Codec", "FlatCodec", "Handler", "Transport"]
+
+
+class Transport(Protocol):
+    """A connection as its handler sees it (``reactor.Connection`` is one).
+
+    Written down here, below the connection, so that handlers and codecs can be
+    typed and tested without a loop or a socket (``reactor.testing``).
+    """
+
+    user_data: Any  #: the application's own per-connection state (None until set)
+
+    def send(self, msg: Any) -> bool:
+        """Encode ``msg`` with the connection's codec and queue it; False if not queued."""
+        ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue raw bytes, bypassing the codec; False if not queued."""
+        ...
+
+    def close(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
+        """Flush what is queued, then close (idempotent)."""
+        ...
+
+    def abort(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
+        """Close now, dropping what is queued."""
+        ...
+
+    def pause_reading(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``"socket"``, ``"peername"``, ``"sockname"`` (as asyncio's), else ``default``."""
+        ...
+
+    def resume_reading(self) -> None: ...
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def peer(self) -> Any: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def close_reason(self) -> CloseReason | None: ...
+
+    @property
+    def writable(self) -> bool:
+        """False while the send buffer is above its high watermark (after on_paused)."""
+        ...
+
+    @property
+    def send_buffered(self) -> int: ...
+
+    @property
+    def recv_buffered(self) -> int: ...
 
 
 class Codec(Protocol):
@@ -98,32 +156,32 @@ class Handler:
     #: relay, fan-out). If the codec is also a :class:`FlatCodec` (``LineCodec`` is), reads
     #: are decoded in place in one flat buffer of the loop and no ring is touched unless
     #: a frame larger than 1 KiB is still arriving.
-    on_batch: Callable[[Connection, bytes], None] | None = None
+    on_batch: Callable[[Transport, bytes], None] | None = None
 
-    def on_connect(self, conn: Connection) -> None:
+    def on_connect(self, conn: Transport) -> None:
         """The connection is established (accepted, or an outgoing connect finished)."""
 
-    def on_message(self, conn: Connection, msg: Any) -> None:
+    def on_message(self, conn: Transport, msg: Any) -> None:
         """The codec decoded a complete message. ``msg`` owns its bytes."""
 
-    def on_paused(self, conn: Connection) -> None:
+    def on_paused(self, conn: Transport) -> None:
         """The send buffer rose above the high watermark: stop producing for this peer.
 
         The connection has also stopped reading from the peer (backpressure) until
         :meth:`on_writable` is called.
         """
 
-    def on_writable(self, conn: Connection) -> None:
+    def on_writable(self, conn: Transport) -> None:
         """The send buffer fell to the low watermark after :meth:`on_paused`; reading resumed."""
 
-    def on_idle(self, conn: Connection) -> None:
+    def on_idle(self, conn: Transport) -> None:
         """No byte was received for ``idle_timeout_s``. By default: close (IDLE_TIMEOUT)."""
         conn.close(CloseReason.IDLE_TIMEOUT)
 
-    def on_heartbeat(self, conn: Connection) -> None:
+    def on_heartbeat(self, conn: Transport) -> None:
         """No byte was sent for ``heartbeat_s``: a good moment to send a ping."""
 
-    def on_eof(self, conn: Connection, remainder: bytes) -> bool:
+    def on_eof(self, conn: Transport, remainder: bytes) -> bool:
         """The peer shut down its sending side. Every complete frame was delivered first.
 
         ``remainder`` holds the bytes of an incomplete trailing frame (``b""`` if
@@ -132,12 +190,12 @@ class Handler:
         """
         return False
 
-    def on_codec_error(self, conn: Connection, exc: CodecError) -> None:
+    def on_codec_error(self, conn: Transport, exc: CodecError) -> None:
         """The peer sent bytes the codec refused. Frames decoded before were delivered.
 
         By default: close with ``exc.reason`` after flushing what was queued.
         """
         conn.close(exc.reason)
 
-    def on_close(self, conn: Connection, reason: CloseReason) -> None:
+    def on_close(self, conn: Transport, reason: CloseReason) -> None:
         """The connection is closed and its socket released; called exactly once."""

@@ -12,15 +12,16 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .connection import P_BACKPRESSURE, P_STARVED, P_USER
 from .pool import PoolStats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
+    from .hub import Hub
     from .listener import Listener
-    from .loop import Loop
+    from .pool import BufferPool
 
 __all__ = ["STATS_VERSION", "aggregate", "loop_stats", "memory_bound"]
 
@@ -33,7 +34,38 @@ _RATED = ("iterations", "events", "accepted", "closed_total", "bytes_in", "bytes
           "pool_refused")
 
 
-def loop_stats(loop: Loop) -> dict[str, Any]:
+class LoopView(Protocol):
+    """What the stats document reads of a loop (``reactor.Loop`` has it all); a Protocol so
+    that this module sits above the hub and below the loop, which imports it."""
+
+    hub: Hub
+    pool: BufferPool
+    started_at: float
+
+    def time(self) -> float: ...
+
+    def connections(self) -> list[Connection]: ...
+
+    @property
+    def listeners(self) -> list[Listener]: ...
+
+    @property
+    def selector_name(self) -> str: ...
+
+    @property
+    def edge_triggered(self) -> bool: ...
+
+    @property
+    def connection_count(self) -> int: ...
+
+    @property
+    def buffer_share(self) -> int: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+
+def loop_stats(loop: LoopView) -> dict[str, Any]:
     """A JSON-ready dict of the loop's internals (the schema is in docs/fd-stats.md)."""
     now = loop.time()
     conns = loop.connections()
@@ -53,17 +85,18 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
             by_backpressure += why & P_BACKPRESSURE != 0
             by_starved += why & P_STARVED != 0
     top = [c for _n, _i, c in heapq.nlargest(TOP_N, busy)]
-    closed = {r.value: n for r, n in loop._closed_by_reason.items()}
+    hub = loop.hub
+    closed = {r.value: n for r, n in hub.closed_by_reason.items()}
     pool = loop.pool.stats()
-    wheel = loop._wheel.stats()
-    listeners = [lst for lst in loop.listeners if lst._counted]
+    wheel = hub.wheel.stats()
+    listeners = [lst for lst in loop.listeners if lst.counted]
     counters = {
-        "iterations": loop._iterations,
-        "events": loop._events,
-        "accepted": loop._accepted_total,
+        "iterations": hub.iterations,
+        "events": hub.events,
+        "accepted": hub.accepted_total,
         "closed_total": sum(closed.values()),
-        "bytes_in": loop._bytes_in,
-        "bytes_out": loop._bytes_out,
+        "bytes_in": hub.bytes_in,
+        "bytes_out": hub.bytes_out,
         "pool_refused": pool.exhausted_total,
     }
     rates = _rates(loop, now, counters)
@@ -79,7 +112,7 @@ def loop_stats(loop: Loop) -> dict[str, Any]:
         "closed": closed,
         **rates,
         "paused_reading": paused,
-        "broadcast_skipped": loop._broadcast_skipped,
+        "broadcast_skipped": hub.broadcast_skipped,
         "per_ip_rejections": sum(lst.per_ip_rejected_total for lst in listeners),
         "accept_pauses": sum(lst.accept_pauses_total for lst in listeners),
         # Named for what the daemon's limits do; the same counts are under "closed" too.
@@ -132,7 +165,7 @@ def _pool_doc(pool: PoolStats, counters: dict[str, int], rates: dict[str, float]
     }
 
 
-def memory_bound(loop: Loop) -> dict[str, int]:
+def memory_bound(loop: LoopView) -> dict[str, int]:
     """The fair share of buffer memory now and the bounds it gives (docs/architecture.md):
     a connection's buffered bytes stay within two shares (a send backlog up to its share,
     then one read's reply), all of them within the pool's cap, or two minimum shares a
@@ -144,13 +177,13 @@ def memory_bound(loop: Loop) -> dict[str, int]:
             "total_bytes": max(loop.pool.max_bytes, 2 * share * n)}
 
 
-def _rates(loop: Loop, now: float, counters: dict[str, int]) -> dict[str, float]:
+def _rates(loop: LoopView, now: float, counters: dict[str, int]) -> dict[str, float]:
     """Per-second rates since the previous request (or since start), kept on the loop.
 
     A request less than 0.2 s after the previous one measures from the one before
     that, so two readers polling at once do not see noise.
     """
-    marks = loop._rate_marks
+    marks = loop.hub.stats_marks
     if not marks:
         marks.append((loop.started_at, dict.fromkeys(counters, 0)))
     since, before = marks[-1]
@@ -177,9 +210,9 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
         "per_ip_rejections": lst.per_ip_rejected_total,
         "accept_rate": lst.accept_rate,
         "accept_pauses": lst.accept_pauses_total,
-        "line_timeout_s": lst._opts.frame_timeout_s,
-        "max_send_buffer": lst._opts.max_send_buffer,
-        "write_timeout_s": lst._opts.write_timeout_s,
+        "line_timeout_s": lst.options.frame_timeout_s,
+        "max_send_buffer": lst.options.max_send_buffer,
+        "write_timeout_s": lst.options.write_timeout_s,
     }
 
 

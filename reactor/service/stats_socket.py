@@ -19,11 +19,10 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import CloseReason, FrameTooLong
-from ..protocols import Handler
+from ..protocols import Handler, Transport
 from ..stats import loop_stats
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..connection import Connection
     from ..listener import Listener
     from ..loop import Loop
     from ..ring import RingBuffer
@@ -85,8 +84,8 @@ class _StatsHandler(Handler):
     def __init__(self, provide: Provider) -> None:
         self._provide = provide
 
-    def on_connect(self, conn: Connection) -> None:
-        if not _peer_allowed(conn._sock):
+    def on_connect(self, conn: Transport) -> None:
+        if not _peer_allowed(conn.get_extra_info("socket")):
             conn.abort(CloseReason.LOCAL_CLOSE)
             return
 
@@ -96,12 +95,12 @@ class _StatsHandler(Handler):
 
         self._provide(reply)
 
-    def on_eof(self, conn: Connection, remainder: bytes) -> bool:
+    def on_eof(self, conn: Transport, remainder: bytes) -> bool:
         # A reader that shuts down its side before an asynchronous provider (the
         # supervisor's) has replied still gets the document: reply() closes.
         return True
 
-    def on_idle(self, conn: Connection) -> None:
+    def on_idle(self, conn: Transport) -> None:
         conn.abort(CloseReason.IDLE_TIMEOUT)
 
 

@@ -112,6 +112,25 @@ def test_echo_round_trip(mode):
         loop.close()
 
 
+def test_get_extra_info_gives_the_socket_and_addresses_until_closed():
+    loop = Loop()
+    try:
+        rec = Recorder()
+        addr = serve(loop, rec)
+        c = client(addr)
+        run_until(loop, lambda: rec.conns, what="accept")
+        conn = rec.conns[0]
+        assert conn.get_extra_info("socket").fileno() == conn.fileno()
+        assert conn.get_extra_info("peername") == c.getsockname()
+        assert conn.get_extra_info("sockname") == addr
+        assert conn.get_extra_info("cipher", "none") == "none"
+        conn.abort()
+        assert conn.get_extra_info("socket", "gone") == "gone"
+        c.close()
+    finally:
+        loop.close()
+
+
 def test_burst_larger_than_read_budget_is_read_without_new_edges(mode):
     """The classic ET stall: more bytes than one turn may read, and no further writes."""
     loop = Loop(selector=mode, read_budget=4096)
@@ -189,7 +208,7 @@ def test_backpressure_pauses_reading_and_resumes_without_loss(mode):
         for _ in range(200):
             step()
         assert not conn.reading
-        assert conn.send_buffered <= 32 * 1024 + loop._read_budget + 64 * 1024
+        assert conn.send_buffered <= 32 * 1024 + loop.hub.read_budget + 64 * 1024
         assert loop.pool.chunks_in_use < 40  # bounded, not 8 MB worth
         assert sent < total  # and the client is blocked: the kernel buffers are full too
         # Now read everything back: nothing may be lost or reordered.

@@ -211,7 +211,7 @@ def test_per_ip_cap_refuses_one_address_only_and_a_close_frees_its_slot(loop):
         s.close()
     # An address leaves the table with its last connection: it never outgrows the connections.
     run_loop_until(loop, lambda: lst._per_ip == {} and loop.connection_count == 0, "all gone")
-    assert loop._on_forget == {} and lst.per_ip_rejected_total == 1
+    assert loop.hub.on_forget == {} and lst.per_ip_rejected_total == 1
     extra.close()
 
 
@@ -248,7 +248,7 @@ def test_per_ip_slot_comes_back_when_the_connection_never_gets_going(loop, facto
         s = connect_from(lst.address)
         assert run_until_eof(loop, s) == b""
         s.close()
-        assert lst._per_ip == {} and loop._on_forget == {}
+        assert lst._per_ip == {} and loop.hub.on_forget == {}
     assert lst.per_ip_rejected_total == 0
 
 
@@ -272,7 +272,7 @@ def test_limits_off_keep_no_table(loop):
     lst = loop.listen(("127.0.0.1", 0), LineEchoHandler, LineCodec)
     s = connect_from(lst.address)
     run_echo(loop, s, b"free\n")
-    assert lst._bucket is None and lst._per_ip == {} and loop._on_forget == {}
+    assert lst._bucket is None and lst._per_ip == {} and loop.hub.on_forget == {}
     assert lst.accept_pauses_total == 0 and lst.per_ip_rejected_total == 0
     s.close()
 

@@ -179,7 +179,7 @@ def test_shutdown_drains_what_the_kernel_holds_and_stops(loop):
     wait_for(lambda: got.endswith(b"<EOF>"), step=step, what="drained")
     assert bytes(got) == b"a\nb\nc\n<EOF>"
     wait_for(lambda: loop._stopping, step=lambda: loop.run_once(0.01), what="loop stops")
-    assert loop._closed_by_reason[CloseReason.SHUTDOWN] == 1
+    assert loop.hub.closed_by_reason[CloseReason.SHUTDOWN] == 1
 
 
 def test_connect_timeout(loop):

@@ -59,15 +59,15 @@ def test_rates_are_measured_since_the_previous_request(loop):
     clock = FakeClock(10.0)
     lp = Loop(clock=clock)
     try:
-        lp._bytes_in = 0
+        lp.hub.bytes_in = 0
         loop_stats(lp)
         clock.advance(2.0)
-        lp._bytes_in = 1000
-        lp._events = 50
+        lp.hub.bytes_in = 1000
+        lp.hub.events = 50
         doc = loop_stats(lp)
         assert doc["bytes_in_per_s"] == 500.0 and doc["events_per_s"] == 25.0
         clock.advance(0.1)  # too soon: measured from the same mark, not over 0.1 s
-        lp._bytes_in = 1100
+        lp.hub.bytes_in = 1100
         assert loop_stats(lp)["bytes_in_per_s"] == pytest.approx(1100 / 2.1, abs=0.1)
     finally:
         lp.close()

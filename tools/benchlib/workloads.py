@@ -143,20 +143,20 @@ def measure_timers(count: int, rounds: int) -> list[dict[str, Any]]:
     wheel_live = len(wheel)
     wheel_active = sum(t.active for t in timers)
 
-    loop = asyncio.new_event_loop()  # never run: the cost of the calls alone
+    aio = asyncio.new_event_loop()  # never run: the cost of the calls alone
     try:
-        handles = [loop.call_later(300.0, cb) for _ in range(count)]
-        call_later = loop.call_later
+        handles = [aio.call_later(300.0, cb) for _ in range(count)]
+        call_later = aio.call_later
         t0 = time.perf_counter_ns()
         for _ in range(rounds):
             for i in range(count):
                 handles[i].cancel()
                 handles[i] = call_later(300.0, cb)
         aio_ns = (time.perf_counter_ns() - t0) / (rounds * count)
-        aio_live = len(loop._scheduled)  # type: ignore[attr-defined]
+        aio_live = len(aio._scheduled)  # type: ignore[attr-defined]
         aio_active = sum(not h.cancelled() for h in handles)
     finally:
-        loop.close()
+        aio.close()
     common = {"config": f"{count}", "timers": count, "rearms": rounds * count}
     wheel_notes = [] if wheel_live == count == wheel_active else [
         f"live {wheel_live}, active {wheel_active}, want {count}"]
