@@ -359,6 +359,30 @@ class Loop:
         self._wheel.rearm(conn, timeout_s)  # the connect timeout (Connection._fire)
         return conn
 
+    def adopt(
+        self,
+        sock: Any,
+        handler: Handler,
+        codec: Codec,
+        *,
+        options: ConnectionOptions | None = None,
+        **option_kwargs: Any,
+    ) -> Connection:
+        """Serve an already connected socket (asyncio's ``connect_accepted_socket``): one
+        made elsewhere, inherited, or one end of a ``socketpair``. Returns the Connection;
+        ``handler.on_connect`` has run. The socket is made non-blocking; a TCP socket gets
+        the options' ``nodelay``/``keepalive``. ``sock`` may be any object with the
+        socket methods a connection calls (``reactor.testing`` passes wrappers that fail
+        on demand, and in-memory sockets whose ``fileno()`` is -1: those are neither polled
+        nor listed by ``connections()``; whoever made them raises their events). Counted in
+        ``connection_count``, not as accepted.
+        """
+        opts = _options(options, option_kwargs)
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            opts.apply(sock)
+        return self._attach(sock, handler, codec, opts, True, accepted=False)
+
     def _own(self, fd: int, obj: Any) -> None:
         fdmap = self._fdmap
         if fd >= len(fdmap):
@@ -370,7 +394,7 @@ class Loop:
         self._selector.register(fd, True, writing)
 
     def _attach(self, sock: Any, handler: Handler, codec: Codec, opts: ConnectionOptions,
-                counted: bool) -> Connection:
+                counted: bool, accepted: bool = True) -> Connection:
         """``Hub.attach``: an accepted, tuned socket becomes a registered Connection; the
         handler's on_connect has run when this returns the Connection."""
         hub = self.hub
@@ -380,10 +404,12 @@ class Loop:
             hub, sock, handler, codec, opts, None, 0)
         # ET: an fd already readable when added raises its edge at once, so bytes
         # that came with the handshake are not missed.
-        self._register(sock.fileno(), conn, writing=self._edge)
+        fd = sock.fileno()
+        if fd >= 0:  # -1: an in-memory socket (reactor.testing), driven by its owner
+            self._register(fd, conn, writing=self._edge)
         if counted:
             hub.nconns += 1
-            hub.accepted_total += 1
+            hub.accepted_total += accepted
             self._reshare()
         conn._opened()
         return conn

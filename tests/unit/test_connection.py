@@ -112,6 +112,24 @@ def test_echo_round_trip(mode):
         loop.close()
 
 
+def test_adopt_serves_a_socket_made_elsewhere(mode):
+    loop = Loop(selector=mode)
+    try:
+        ours, theirs = socket.socketpair()
+        conn = loop.adopt(ours, LineEchoHandler(), LineCodec(1024))
+        assert loop.connection_count == 1 and loop.stats()["accepted"] == 0
+        assert loop.connections() == [conn]
+        theirs.sendall(b"adopted\nand echoed\n")
+        col = Collect(loop, theirs)
+        wait_for(lambda: len(col.got) >= 19, what="echo", step=col)
+        assert bytes(col.got) == b"adopted\nand echoed\n"
+        theirs.close()
+        run_until(loop, lambda: loop.connection_count == 0, what="close")
+        assert conn.close_reason is CloseReason.PEER_CLOSED
+    finally:
+        loop.close()
+
+
 def test_get_extra_info_gives_the_socket_and_addresses_until_closed():
     loop = Loop()
     try:
