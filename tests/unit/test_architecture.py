@@ -14,6 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: The core: what an embedding service runs (docs/architecture.md, "The core").
 CORE = ("address", "broadcast", "clock", "connection", "errors", "hub", "listener", "loop",
         "pool", "protocols", "ring", "selector", "stats", "wakeup", "wheel")
+#: The testing kit (reactor/testing.py, docs/testing.md): not run by a service, but held to
+#: the core's rules (no service, no handlers, no privates of Loop or Listener).
+KIT = ("testing",)
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -100,7 +103,7 @@ def test_the_import_graph_is_acyclic():
     assert find_cycle(graph) is None
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", CORE + KIT)
 def test_the_core_imports_nothing_of_the_service_or_the_codecs(name):
     path = MODULES[f"reactor.{name}"]
     bad = {m for m in imports_of(f"reactor.{name}", path, set(MODULES))
@@ -109,9 +112,11 @@ def test_the_core_imports_nothing_of_the_service_or_the_codecs(name):
 
 
 def test_every_core_module_is_listed():
-    """A new module in reactor/ must be placed: core (CORE) or service (reactor/service/)."""
+    """A new module in reactor/ must be placed: core (CORE), the testing kit (KIT) or
+    service (reactor/service/)."""
     top = {p.stem for p in (ROOT / "reactor").glob("*.py")} - {"__init__"}
-    assert top == set(CORE)
+    assert top == set(CORE) | set(KIT)
+    assert not set(CORE) & set(KIT)
 
 
 # What names a Loop or a Listener in this code base: `loop`, `self._loop`, `lp`, `hub.loop`;
