@@ -255,7 +255,12 @@ class Harness:
         self.run()
 
     def close(self) -> None:
-        """Abort the connection if open (``on_close`` runs) and release the loop's fds."""
+        """Abort the connection if open (``on_close`` runs) and release the loop's fds.
+        Idempotent."""
+        # Loop.close() aborts only what it polls, and this connection has no fd.
+        if not self.conn.closed:
+            self.conn.abort(CloseReason.SHUTDOWN)
+            self.run()
         self.loop.close()
 
 
