@@ -1234,8 +1234,9 @@ class Connection(TimerEntry):
         st = self._state
         reading = (st == OPEN and not self._pause) or st == LINGER
         writing = st == CONNECTING or (bool(self._flags & F_BLOCKED) and st <= CLOSING)
-        if st != CLOSED:
-            self._hub.selector.set_interest(self._sock.fileno(), reading, writing)
+        fd = self._sock.fileno() if st != CLOSED else -1
+        if fd >= 0:  # -1: not polled (an in-memory socket, Loop.adopt)
+            self._hub.selector.set_interest(fd, reading, writing)
 
     def _snapshot(self, now: float) -> dict[str, Any]:
         return {

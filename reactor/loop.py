@@ -145,6 +145,7 @@ class Loop:
         # Who owns each registered fd, indexed by the fd: a list, not a dict, because fds
         # are small dense ints (no hash entry and no key object per connection).
         self._fdmap: list[Any] = []
+        self._unpolled: list[Connection] = []  # adopted with no fd (Loop.adopt): not in _fdmap
         self._soon: collections.deque[Handle] = collections.deque()
         self._listeners: list[Listener] = []
         self._waker = Waker()
@@ -185,7 +186,8 @@ class Loop:
 
     def connections(self) -> list[Connection]:
         """A snapshot list of the open connections."""
-        return [o for o in self._fdmap if isinstance(o, Connection) and o.counted]
+        return [o for o in self._fdmap if isinstance(o, Connection) and o.counted] + [
+            c for c in self._unpolled if c.counted]
 
     @property
     def listeners(self) -> list[Listener]:
@@ -373,9 +375,9 @@ class Loop:
         ``handler.on_connect`` has run. The socket is made non-blocking; a TCP socket gets
         the options' ``nodelay``/``keepalive``. ``sock`` may be any object with the
         socket methods a connection calls (``reactor.testing`` passes wrappers that fail
-        on demand, and in-memory sockets whose ``fileno()`` is -1: those are neither polled
-        nor listed by ``connections()``; whoever made them raises their events). Counted in
-        ``connection_count``, not as accepted.
+        on demand, and in-memory sockets whose ``fileno()`` is -1: those are not polled,
+        whoever made them raises their events; they are listed, drained and closed as the
+        others). Counted in ``connection_count``, not as accepted.
         """
         opts = _options(options, option_kwargs)
         sock.setblocking(False)
@@ -405,8 +407,10 @@ class Loop:
         # ET: an fd already readable when added raises its edge at once, so bytes
         # that came with the handshake are not missed.
         fd = sock.fileno()
-        if fd >= 0:  # -1: an in-memory socket (reactor.testing), driven by its owner
+        if fd >= 0:
             self._register(fd, conn, writing=self._edge)
+        else:  # an in-memory socket (reactor.testing), driven by its owner
+            self._unpolled.append(conn)
         if counted:
             hub.nconns += 1
             hub.accepted_total += accepted
@@ -426,6 +430,8 @@ class Loop:
                 hook = hub.on_forget.pop(fd, None)
                 if hook is not None:
                     hook()
+        elif fd < 0 and obj in self._unpolled:
+            self._unpolled.remove(obj)
         if isinstance(obj, Listener):
             if obj in self._listeners:
                 self._listeners.remove(obj)
@@ -602,7 +608,7 @@ class Loop:
         """Release every fd the loop holds. The loop cannot run afterwards."""
         if self._closed:
             return
-        for obj in [o for o in self._fdmap if o is not None]:
+        for obj in [o for o in self._fdmap if o is not None] + self._unpolled:
             if isinstance(obj, Connection):
                 obj.abort(CloseReason.SHUTDOWN)
             elif isinstance(obj, Listener):

@@ -133,13 +133,15 @@ class Harness:
     ``run``) raises the events it implies and runs loop turns until nothing is queued
     (ready list, flush queue) and two more turns have passed, so ``on_close`` and other
     ``call_soon`` callbacks have run. No real time passes: turns poll with timeout 0.
-    Needs edge-triggered epoll (Linux): see docs/testing.md.
+    ``selector``: the loop's (``"auto"``, ``"edge"``, ``"level"``); the socket is never
+    polled in either, so the connection's code paths of that mode are what differ.
     """
 
     def __init__(self, handler: Handler, codec: Codec, *, clock: FakeClock | None = None,
-                 sock: MemorySocket | None = None, **connection_options: Any) -> None:
+                 sock: MemorySocket | None = None, selector: str = "auto",
+                 **connection_options: Any) -> None:
         self.clock = clock if clock is not None else FakeClock(1000.0)
-        self.loop = Loop(selector="edge", clock=self.clock, raise_fd_limit=False)
+        self.loop = Loop(selector=selector, clock=self.clock, raise_fd_limit=False)
         self.sock = sock if sock is not None else MemorySocket()
         self.handler = handler
         self._taken = 0
@@ -257,11 +259,7 @@ class Harness:
     def close(self) -> None:
         """Abort the connection if open (``on_close`` runs) and release the loop's fds.
         Idempotent."""
-        # Loop.close() aborts only what it polls, and this connection has no fd.
-        if not self.conn.closed:
-            self.conn.abort(CloseReason.SHUTDOWN)
-            self.run()
-        self.loop.close()
+        self.loop.close()  # aborts the connection (SHUTDOWN) and runs its on_close
 
 
 # ------------------------------------------------------------ fault injection

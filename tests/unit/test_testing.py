@@ -64,15 +64,18 @@ def test_memory_socket_reads_windows_and_shutdown():
 
 def test_harness_counts_the_connection_and_releases_it_on_close():
     h = Harness(Recorder(), LineCodec())
-    assert h.loop.connection_count == 1 and h.loop.connections() == []  # not polled
+    # Not polled, but listed: shutdown drains it and Loop.close aborts it.
+    assert h.loop.connection_count == 1 and h.loop.connections() == [h.conn]
     h.close()
     assert h.closed and h.close_reason is CloseReason.SHUTDOWN
     assert h.handler.events == [CloseReason.SHUTDOWN]  # on_close delivered by close()
     assert h.sock.reset_sent  # an abort: SO_LINGER 0
 
 
-def test_harness_backpressure_pauses_then_delivers_everything_in_order():
-    with Harness(Recorder(), LineCodec(), high_water=1024, low_water=256) as h:
+@pytest.mark.parametrize("selector", ["edge", "level"])
+def test_harness_backpressure_pauses_then_delivers_everything_in_order(selector):
+    with Harness(Recorder(), LineCodec(), selector=selector, high_water=1024,
+                 low_water=256) as h:
         h.set_window(0)  # the peer reads nothing
         lines = [b"line %04d %s\n" % (i, b"x" * 40) for i in range(100)]
         for line in lines[:40]:
@@ -94,8 +97,9 @@ def test_harness_backpressure_pauses_then_delivers_everything_in_order():
         assert not h.sock.inbound and h.conn.send_buffered == 0
 
 
-def test_harness_window_trickle_keeps_every_byte():
-    with Harness(Recorder(), LineCodec()) as h:
+@pytest.mark.parametrize("selector", ["edge", "level"])
+def test_harness_window_trickle_keeps_every_byte(selector):
+    with Harness(Recorder(), LineCodec(), selector=selector) as h:
         h.set_window(0)
         payload = b"".join(b"%d\n" % i for i in range(500))
         h.feed(payload)
