@@ -279,7 +279,7 @@ class Client:
             return 0.1  # all started, or no slot free: an event will come
         if k == BATCH or not self.rate:
             return 0.0
-        return max(0.0, self.t_start + self.next_i / self.rate - time.monotonic())
+        return max(0.0, self.t_start + self.next_i / self.rate - now)
 
     def go(self, now: float) -> None:
         """The hold is over: the connections still held send their second lines, paced like
@@ -308,7 +308,7 @@ class Client:
                 k -= 1
         if self.go_i >= self.n or not self.rate:
             return 0.0 if self.go_i < self.n else 0.1
-        return max(0.0, self.t_go + self.go_i / self.rate - time.monotonic())
+        return max(0.0, self.t_go + self.go_i / self.rate - now)
 
     def stop(self) -> None:
         """The run's deadline: every connection without a verdict is a timeout."""
