@@ -28,7 +28,8 @@ not say again that bytes are still waiting. So:
    resumes the flush. In level-triggered mode the same code asks the selector
    for write interest while blocked and drops read interest while paused.
 
-Closing without losing data: close() stops reading, flushes the send ring,
+Closing without losing data (lifecycle.py, with the timers, the drain and the
+connect; this file is the hot path): close() stops reading, flushes the send ring,
 shuts down our sending side, then keeps reading and discarding ("lingering")
 until the peer's FIN or ``linger_s``; only then is the socket closed. Closing a
 socket with unread bytes makes the kernel send RST, which can destroy replies
@@ -37,18 +38,15 @@ the peer has not read yet.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import socket
-import struct
-import sys
-import termios
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .address import format_address
-from .errors import CloseReason, CodecError, FrameTimeout
+from .connstate import (CLOSED, CLOSING, CONNECTING, F_BLOCKED, F_FLUSH, F_HIGH, F_HUP,
+                        LINGER, NOT_DRAINING, OPEN, P_BACKPRESSURE, P_EOF, P_FIN, P_STARVED,
+                        P_USER, B_FLAT, B_NONE, B_RING, _Extra, _InExtra)
+from .errors import CloseReason, CodecError
+from .lifecycle import Lifecycle
+from .options import ConnectionOptions
 from .protocols import BatchCodec, FlatCodec
 from .ring import RingBuffer
 from .selector import ERR, HUP, IN, OUT, RDHUP
@@ -57,133 +55,18 @@ from .wheel import TimerEntry
 if TYPE_CHECKING:  # pragma: no cover
     from .hub import Hub
     from .protocols import Codec, Handler
-    from .wheel import TimerWheel
 
 __all__ = ["Connection", "ConnectionOptions"]
 
 log = logging.getLogger("reactor")
 
-# States, in the order a connection moves through them.
-CONNECTING, OPEN, CLOSING, LINGER, CLOSED = range(5)
-_STATE_NAMES = ("connecting", "open", "closing", "linger", "closed")
-
-# Reasons reading is paused; reading runs only while none is set.
-P_USER = 1  # pause_reading()
-P_BACKPRESSURE = 2  # send ring above the high watermark
-P_STARVED = 4  # the buffer pool refused a chunk
-P_EOF = 8  # the peer's FIN was read, or the connection is closing
-P_FIN = 16  # the peer's FIN was read (set with P_EOF)
-
-# _flags: bits of the send side and the last edge (one int, not four slots per connection).
-F_FLUSH = 1  # queued for a flush this iteration (or flushed at the end of this event)
-F_BLOCKED = 2  # the kernel refused bytes: waiting for an OUT edge
-F_HIGH = 4  # the send backlog is over the high watermark (reading paused, on_paused sent)
-F_HUP = 8  # the peer's FIN or an error came with an edge: read on until EOF
-
-# _drain_left: bytes still to read in a shutdown drain, or one of these.
-NOT_DRAINING = -1
-DRAINED = -2  # the drain read its quota; delivering and closing, pauses still ignored
-
-# How messages reach the handler: one on_message per frame, or on_batch with every
-# complete frame at once, decoded in a ring or (the fast path) in the loop's flat buffer.
-B_NONE, B_RING, B_FLAT = 0, 1, 2
-
-_SHUT_WR = socket.SHUT_WR
-_LINGER_ZERO = struct.pack("ii", 1, 0)
-_FIONREAD = termios.FIONREAD
-_OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # SIOCOUTQ: bytes the kernel still holds to send
-#: After --write-timeout with no byte taken from our queue, how long the kernel's own send
-#: queue is watched for progress before the peer is called slow.
-_WRITE_GRACE_S = 1.0
 _READ_EVENTS = IN | HUP | RDHUP | ERR
 _HANGUP = HUP | RDHUP | ERR
 _WRITE_EVENTS = OUT | HUP | ERR
 _EMPTY: Any = ()  # stands for "no send ring" in _flush: falsy, len() 0
 _SMALL_REST = 1024  # a partial frame up to this size is kept as bytes, not in pool chunks
 _MAX_SEGMENTS = 64  # iovecs per sendmsg; far below IOV_MAX (1024)
-_INF = float("inf")
 _FLUSH_BUDGET = 1 << 20  # bytes one flush may send before others get a turn
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionOptions:
-    """Per-listener (or per-connect) settings shared by its connections.
-
-    Defaults follow asyncio's flow control (64 KiB high, low = high / 4) and
-    Redis's idea of a hard output limit; 0 disables a timeout.
-    """
-
-    idle_timeout_s: float = 0.0  #: close (on_idle) after this long with no byte received
-    heartbeat_s: float = 0.0  #: call on_heartbeat after this long with no byte sent
-    high_water: int = 64 * 1024  #: send ring above this: on_paused, reading pauses
-    low_water: int = 16 * 1024  #: back at or below this: on_writable, reading resumes
-    max_send_buffer: int = 4 * 1024 * 1024  #: above this the peer is a slow consumer: abort
-    keepalive: bool = False  #: SO_KEEPALIVE
-    nodelay: bool = True  #: TCP_NODELAY
-    linger_s: float = 2.0  #: how long a graceful close waits for the peer's FIN
-    close_timeout_s: float = 30.0  #: a graceful close that has not flushed by then is aborted
-    #: A partial frame whose first byte arrived longer ago than this is an error (slowloris):
-    #: the codec's ``frame_timeout_error`` (LineTimeout for lines) goes to on_codec_error.
-    frame_timeout_s: float = 0.0
-    #: Over the high watermark with no byte taken by the peer for this long: a slow
-    #: consumer, aborted (the write deadline; 0 = only max_send_buffer ends it).
-    write_timeout_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("idle_timeout_s", "heartbeat_s", "linger_s", "close_timeout_s",
-                     "frame_timeout_s", "write_timeout_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if not 0 <= self.low_water <= self.high_water:
-            raise ValueError(
-                f"need 0 <= low_water <= high_water, got {self.low_water} and {self.high_water}"
-            )
-        if self.max_send_buffer < self.high_water:
-            raise ValueError(
-                f"max_send_buffer {self.max_send_buffer} is below high_water {self.high_water}"
-            )
-
-
-    def apply(self, sock: Any) -> None:
-        """Set the socket options these settings ask for on a TCP socket."""
-        if self.nodelay:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-
-class _Extra:
-    """What a connection sets rarely: kept apart so that most connections never pay for it."""
-
-    __slots__ = ("reason", "error", "user_data", "peer", "drain_left", "id")
-
-    def __init__(self) -> None:
-        self.drain_left = NOT_DRAINING
-        self.id = 0
-        self.reason: CloseReason | None = None
-        self.error: OSError | None = None
-        self.user_data: Any = None
-        self.peer: Any = None
-
-
-class _InExtra:
-    """A connection attribute kept in its _Extra: its default until first set."""
-
-    # No __slots__: a few of these exist, one per attribute, and __doc__ needs the dict.
-
-    def __init__(self, name: str, default: Any, doc: str) -> None:
-        self.name = name
-        self.default = default
-        self.__doc__ = doc
-
-    def __get__(self, conn: Any, owner: type | None = None) -> Any:
-        if conn is None:
-            return self
-        x = conn._x
-        return self.default if x is None else getattr(x, self.name)
-
-    def __set__(self, conn: Any, value: Any) -> None:
-        setattr(conn._extra(), self.name, value)
 
 
 _CODEC_PATHS: dict[type, int] = {}
@@ -220,7 +103,7 @@ def _connection_class(cls: type, batch: int, hub: Hub) -> type:
     return sub
 
 
-class Connection(TimerEntry):
+class Connection(Lifecycle, TimerEntry):
     """One peer. Created by the loop (accept or connect), never by users.
 
     Public surface: :meth:`send`, :meth:`write`, :meth:`close`, :meth:`abort`,
@@ -255,7 +138,7 @@ class Connection(TimerEntry):
     def __init__(
         self,
         hub: Hub,
-        sock: socket.socket,
+        sock: Any,
         handler: Handler,
         codec: Codec,
         opts: ConnectionOptions,
@@ -913,348 +796,9 @@ class Connection(TimerEntry):
         if self._state == OPEN:  # a handler that ignores the error still loses the peer
             self.close(exc.reason)
 
-    # ----------------------------------------------------------------- timers
-
-    def _opened(self) -> None:
-        """Established (accepted, or the connect finished): arm the idle and heartbeat
-        checks and tell the handler."""
-        opts = self._opts
-        if opts.idle_timeout_s > 0 or opts.heartbeat_s > 0:
-            now = self._hub.now
-            self._hub.wheel.rearm(self, self._next_check(now) - now)
-        self._call("on_connect")
-
-    def _partial_began(self) -> None:
-        """A partial frame began arriving now: with a frame timeout, check by its deadline."""
-        self._partial_since = self._hub.now
-        timeout = self._opts.frame_timeout_s
-        if timeout > 0.0:
-            self._hub.wheel.rearm_sooner(self, timeout)
-
-    def _holds_partial(self) -> bool:
-        return self._rest is not None or bool(self._rx)
-
-    def _next_check(self, now: float) -> float:
-        """When the idle period, the heartbeat period or the partial frame's time, whichever
-        first, ends (infinity if none applies)."""
-        opts = self._opts
-        due = float("inf")
-        if opts.idle_timeout_s > 0:
-            due = self._last_rx + opts.idle_timeout_s
-        if self._flags & F_HIGH:  # no heartbeat to a peer that is not reading; a write deadline
-            if opts.write_timeout_s > 0:
-                due = min(due, self._last_tx + opts.write_timeout_s)
-        elif opts.heartbeat_s > 0:
-            due = min(due, self._last_tx + opts.heartbeat_s)
-        timeout = opts.frame_timeout_s
-        if timeout > 0 and self._holds_partial():
-            # While reading is paused the frame cannot complete through no fault of the
-            # peer's: look again a period later rather than at a deadline already passed.
-            due = min(due, now + timeout if self._pause else self._partial_since + timeout)
-        return max(due, now)
-
-    def _write_stalled(self, now: float) -> bool:
-        """Over the high watermark and no byte taken for write_timeout_s: a slow consumer
-        (nginx's send_timeout; Redis's soft output limit), unless the kernel's send queue
-        is still shrinking. A peer that reads slowly from a large kernel buffer takes bytes
-        without ever raising an OUT edge (the kernel waits for a third of the buffer to be
-        free), so before the abort the queue (SIOCOUTQ) is watched for ``_WRITE_GRACE_S``
-        more: if it shrank, the peer is reading and the deadline starts again."""
-        timeout = self._opts.write_timeout_s
-        if timeout <= 0 or not self._flags & F_HIGH or now - self._last_tx < timeout - 1e-9:
-            return False
-        watched = self._hub.outq_seen
-        seen = watched.pop(self, None)
-        # The last look counts only if nothing was sent since (a send refills the queue).
-        before = seen[0] if seen is not None and seen[1] == self._last_tx else None
-        try:
-            queued = struct.unpack("i", fcntl.ioctl(self._sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
-        except OSError:
-            queued = -1
-        if queued == 0:  # the kernel has room: send (an OUT edge was missed, or is late)
-            self._flush()
-            return self._state == CLOSED
-        if queued > 0 and (before is None or queued < before):
-            self._last_tx = now - timeout + _WRITE_GRACE_S  # look again after the grace
-            watched[self] = (queued, self._last_tx)
-            return False
-        log.debug("connection %s: %d bytes queued and none sent for %g s", self.id,
-                  self.send_buffered, now - self._last_tx)
-        self.abort(CloseReason.SLOW_CONSUMER)
-        return True
-
-    def _frame_timed_out(self, now: float) -> bool:
-        timeout = self._opts.frame_timeout_s
-        if timeout <= 0 or self._pause or not self._holds_partial():
-            return False
-        age = now - self._partial_since
-        if age < timeout - 1e-9:
-            return False
-        error = getattr(self._codec, "frame_timeout_error", FrameTimeout)
-        self._codec_error(error(age, timeout))
-        return True
-
-    def _fire(self) -> None:
-        """The connection's one wheel entry fired; what it was armed for follows the state:
-        the connect timeout, the idle and heartbeat checks, the close timeout, the linger."""
-        st = self._state
-        if st != OPEN:
-            if st == CONNECTING:
-                self._connect_timed_out()
-            elif st == CLOSING:
-                self._close_expired()
-            elif st == LINGER:
-                self._linger_over()
-            return
-        now = self._hub.clock.now()
-        if self._frame_timed_out(now) or self._write_stalled(now):
-            return
-        opts = self._opts
-        if opts.idle_timeout_s > 0 and now - self._last_rx >= opts.idle_timeout_s - 1e-9:
-            self._last_rx = now  # once per idle period, if the handler keeps the connection
-            self._call("on_idle")
-            if self._state != OPEN:
-                return
-        if (opts.heartbeat_s > 0 and not self._flags & F_HIGH
-                and now - self._last_tx >= opts.heartbeat_s - 1e-9):
-            self._last_tx = now  # the next heartbeat is a period later even if nothing is sent
-            self._call("on_heartbeat")
-            if self._state != OPEN:
-                return
-        due = self._next_check(now)
-        if due != _INF:
-            self._hub.wheel.rearm(self, due - now)
-
-    # ---------------------------------------------------------------- closing
-
-    def close(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
-        """Close gracefully: stop reading, flush what is queued, then close.
-
-        Idempotent. ``on_close(conn, reason)`` follows on the loop.
-        """
-        st = self._state
-        if st >= CLOSING:
-            return
-        if st == CONNECTING:
-            self._teardown(reason)
-            return
-        self._state = CLOSING
-        self._reason = reason
-        self._pause |= P_EOF
-        if not self._hub.edge:
-            self._sync_interest()
-        if not self._tx and self._out is None:
-            self._finish_close()
-            return
-        # A peer that never reads must not hold a closing connection forever.
-        self._hub.wheel.rearm(self, self._opts.close_timeout_s)
-        if not self._flags & (F_FLUSH | F_BLOCKED):
-            self._flags |= F_FLUSH
-            self._hub.flushq.append(self)
-
-    def _close_expired(self) -> None:
-        if self._state == CLOSING:
-            log.debug("connection %s: close did not flush %d bytes in %g s", self.id,
-                      self.send_buffered, self._opts.close_timeout_s)
-            self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
-
-    def abort(self, reason: CloseReason = CloseReason.LOCAL_CLOSE) -> None:
-        """Close at once, dropping whatever is still queued for the peer, the kernel's send
-        queue included: the peer gets a reset (SO_LINGER 0). Otherwise a slow consumer's
-        unsent megabytes would stay in kernel memory, trickling out, long after the close."""
-        if self._state != CLOSED:
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-            except OSError:
-                pass
-            self._teardown(reason)
-
-    def _finish_close(self) -> None:
-        """The send ring is empty after close(): shut down our side and linger."""
-        if self._pause & P_FIN:
-            self._teardown(self._reason or CloseReason.PEER_CLOSED)
-            return
-        try:
-            self._sock.shutdown(_SHUT_WR)
-        except OSError:
-            self._teardown(self._reason or CloseReason.PEER_RESET)
-            return
-        self._state = LINGER
-        self._hub.wheel.rearm(self, self._opts.linger_s)
-        if not self._hub.edge:
-            self._sync_interest()
-        self._linger_reads()
-
-    def _linger_reads(self) -> None:
-        """Read and discard until the peer's FIN (then close) or EAGAIN."""
-        recv_into = self._sock.recv_into
-        scratch = self._hub.scratch
-        budget = self._hub.read_budget
-        while budget > 0:
-            try:
-                n = recv_into(scratch)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                n = 0
-            if not n:
-                self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
-                return
-            budget -= n
-        self._hub.ready.append(self)
-
-    def _linger_over(self) -> None:
-        if self._state == LINGER:
-            self._teardown(self._reason or CloseReason.LOCAL_CLOSE)
-
-    def _fail(self, exc: OSError) -> None:
-        """A socket error: this connection ends, the loop goes on."""
-        # Without its traceback: the traceback's frames hold this connection, and a
-        # connection kept alive by a cycle is freed only by a full GC (RSS grew by ~700 B
-        # per reset connection under churn until one ran).
-        self.error = exc.with_traceback(None)
-        reason = (
-            CloseReason.PEER_RESET
-            if isinstance(exc, (ConnectionError, BrokenPipeError))
-            else CloseReason.IO_ERROR
-        )
-        if self._reason is None or self._state < CLOSING:
-            self._reason = reason
-        self._teardown(self._reason)
-
-    def _teardown(self, reason: CloseReason) -> None:
-        if self._state == CLOSED:
-            return
-        self._state = CLOSED
-        if self._reason is None:
-            self._reason = reason
-        if self._hub.outq_seen:
-            self._hub.outq_seen.pop(self, None)
-        self._hub.wheel.cancel(self)  # whatever it was armed for; a no-op if nothing
-        self._hub.forget(self)
-        try:
-            self._sock.close()
-        except OSError:  # pragma: no cover
-            pass
-        for ring in (self._rx, self._tx):
-            if ring is not None:
-                ring.clear()
-                if ring is not self._hub.scratch_ring:
-                    self._hub.ring_free.append(ring)
-        self._rx = self._tx = self._rest = self._out = None
-        self._hub.call_soon(self._notify_closed)
-
-    def _notify_closed(self) -> None:
-        try:
-            self._handler.on_close(self, self._reason)
-        except Exception:  # noqa: BLE001
-            log.exception("connection %s: handler on_close raised", self.id)
-
-    # -------------------------------------------------------- drain at shutdown
-
-    def _begin_drain(self) -> None:
-        """Loop.shutdown(): deliver every byte the kernel holds now, then close.
-
-        FIONREAD gives the bytes queued at this instant: exactly what the peer
-        had delivered before the shutdown began. Reading stops after them, so a
-        peer that keeps sending cannot hold the drain open.
-        """
-        st = self._state
-        if st == CONNECTING:
-            self._teardown(CloseReason.SHUTDOWN)
-            return
-        if st != OPEN:
-            return
-        if self._pause & P_FIN:
-            self.close(CloseReason.SHUTDOWN)
-            return
-        self._pause &= ~(P_USER | P_BACKPRESSURE)
-        try:
-            buf = fcntl.ioctl(self._sock.fileno(), _FIONREAD, b"\0\0\0\0")
-            queued = int.from_bytes(buf, sys.byteorder)
-        except OSError:
-            queued = 0
-        self._drain_left = queued
-        self._deliver()
-        if self._state != OPEN:
-            return
-        if queued == 0:
-            self._drain_done()
-        else:
-            self._hub.ready.append(self)
-
-    def _drain_done(self) -> None:
-        self._drain_left = DRAINED
-        self._deliver()
-        self.close(CloseReason.SHUTDOWN)
-
-    # ----------------------------------------------------------------- helpers
-
-    def _finish_connect(self) -> None:
-        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._connect_failed(OSError(err, os.strerror(err)))
-            return
-        self._hub.wheel.cancel(self)  # the connect timeout
-        self._state = OPEN
-        self._opened()
-        if self._state == OPEN and (self._tx or self._out is not None):
-            self._flush()
-        if self._state == OPEN and not self._pause:
-            self._pump_reads()
-        if not self._hub.edge and self._state < CLOSED:
-            self._sync_interest()
-
-    def _connect_failed(self, exc: OSError) -> None:
-        self.error = exc
-        self._teardown(CloseReason.CONNECT_FAILED)
-
-    def _connect_timed_out(self) -> None:
-        if self._state == CONNECTING:
-            self.error = TimeoutError("connect timed out")
-            self._teardown(CloseReason.CONNECT_TIMEOUT)
-
-    def _call(self, name: str, *args: Any) -> None:
-        """Run a handler callback; an exception closes this connection only."""
-        try:
-            getattr(self._handler, name)(self, *args)
-        except Exception as exc:  # noqa: BLE001
-            self._handler_failed(exc, name)
-
-    def _handler_failed(self, exc: Exception, where: str) -> None:
-        log.error("connection %s %r: %s raised %s: %s", self.id, self.peer,
-                  where if where.startswith("codec ") else f"handler {where}",
-                  type(exc).__name__, exc, exc_info=exc)
-        self._reason = CloseReason.HANDLER_ERROR
-        if self._state <= OPEN:
-            self.close(CloseReason.HANDLER_ERROR)
-
-    def _sync_interest(self) -> None:
-        """Level-triggered mode only: make the selector's interest match our state."""
-        st = self._state
-        reading = (st == OPEN and not self._pause) or st == LINGER
-        writing = st == CONNECTING or (bool(self._flags & F_BLOCKED) and st <= CLOSING)
-        fd = self._sock.fileno() if st != CLOSED else -1
-        if fd >= 0:  # -1: not polled (an in-memory socket, Loop.adopt)
-            self._hub.selector.set_interest(fd, reading, writing)
-
-    def _snapshot(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "peer": format_address(self.peer),
-            "state": _STATE_NAMES[self._state],
-            "rx_bytes": self.recv_buffered,
-            "tx_bytes": self.send_buffered,
-            "age_s": round(now - self.created_at, 3),
-            "idle_s": round(max(0.0, now - self._last_rx), 3),
-            "paused": self.paused,
-        }
-
 
 class _UncountedConnection(Connection):
     """A connection the loop serves but does not count (see ``Connection.counted``)."""
 
     __slots__ = ()
     counted = False
-
-

@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .connection import P_BACKPRESSURE, P_STARVED, P_USER
+from .connstate import P_BACKPRESSURE, P_STARVED, P_USER
 from .pool import PoolStats
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,0 +1,70 @@
+"""A connection's states and flag bits, and the holder of what it sets rarely.
+
+Shared by connection.py (the hot path) and lifecycle.py (timers, closing, drain, connect);
+stats.py reads the pause bits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import CloseReason
+
+# States, in the order a connection moves through them.
+CONNECTING, OPEN, CLOSING, LINGER, CLOSED = range(5)
+_STATE_NAMES = ("connecting", "open", "closing", "linger", "closed")
+
+# Reasons reading is paused; reading runs only while none is set.
+P_USER = 1  # pause_reading()
+P_BACKPRESSURE = 2  # send ring above the high watermark
+P_STARVED = 4  # the buffer pool refused a chunk
+P_EOF = 8  # the peer's FIN was read, or the connection is closing
+P_FIN = 16  # the peer's FIN was read (set with P_EOF)
+
+# _flags: bits of the send side and the last edge (one int, not four slots per connection).
+F_FLUSH = 1  # queued for a flush this iteration (or flushed at the end of this event)
+F_BLOCKED = 2  # the kernel refused bytes: waiting for an OUT edge
+F_HIGH = 4  # the send backlog is over the high watermark (reading paused, on_paused sent)
+F_HUP = 8  # the peer's FIN or an error came with an edge: read on until EOF
+
+# _drain_left: bytes still to read in a shutdown drain, or one of these.
+NOT_DRAINING = -1
+DRAINED = -2  # the drain read its quota; delivering and closing, pauses still ignored
+
+# How messages reach the handler: one on_message per frame, or on_batch with every
+# complete frame at once, decoded in a ring or (the fast path) in the loop's flat buffer.
+B_NONE, B_RING, B_FLAT = 0, 1, 2
+
+
+class _Extra:
+    """What a connection sets rarely: kept apart so that most connections never pay for it."""
+
+    __slots__ = ("reason", "error", "user_data", "peer", "drain_left", "id")
+
+    def __init__(self) -> None:
+        self.drain_left = NOT_DRAINING
+        self.id = 0
+        self.reason: CloseReason | None = None
+        self.error: OSError | None = None
+        self.user_data: Any = None
+        self.peer: Any = None
+
+
+class _InExtra:
+    """A connection attribute kept in its _Extra: its default until first set."""
+
+    # No __slots__: a few of these exist, one per attribute, and __doc__ needs the dict.
+
+    def __init__(self, name: str, default: Any, doc: str) -> None:
+        self.name = name
+        self.default = default
+        self.__doc__ = doc
+
+    def __get__(self, conn: Any, owner: type | None = None) -> Any:
+        if conn is None:
+            return self
+        x = conn._x
+        return self.default if x is None else getattr(x, self.name)
+
+    def __set__(self, conn: Any, value: Any) -> None:
+        setattr(conn._extra(), self.name, value)

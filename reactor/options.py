@@ -1,0 +1,56 @@
+"""ConnectionOptions: the settings a listener (or a connect) gives its connections."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ConnectionOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Per-listener (or per-connect) settings shared by its connections.
+
+    Defaults follow asyncio's flow control (64 KiB high, low = high / 4) and
+    Redis's idea of a hard output limit; 0 disables a timeout.
+    """
+
+    idle_timeout_s: float = 0.0  #: close (on_idle) after this long with no byte received
+    heartbeat_s: float = 0.0  #: call on_heartbeat after this long with no byte sent
+    high_water: int = 64 * 1024  #: send ring above this: on_paused, reading pauses
+    low_water: int = 16 * 1024  #: back at or below this: on_writable, reading resumes
+    max_send_buffer: int = 4 * 1024 * 1024  #: above this the peer is a slow consumer: abort
+    keepalive: bool = False  #: SO_KEEPALIVE
+    nodelay: bool = True  #: TCP_NODELAY
+    linger_s: float = 2.0  #: how long a graceful close waits for the peer's FIN
+    close_timeout_s: float = 30.0  #: a graceful close that has not flushed by then is aborted
+    #: A partial frame whose first byte arrived longer ago than this is an error (slowloris):
+    #: the codec's ``frame_timeout_error`` (LineTimeout for lines) goes to on_codec_error.
+    frame_timeout_s: float = 0.0
+    #: Over the high watermark with no byte taken by the peer for this long: a slow
+    #: consumer, aborted (the write deadline; 0 = only max_send_buffer ends it).
+    write_timeout_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout_s", "heartbeat_s", "linger_s", "close_timeout_s",
+                     "frame_timeout_s", "write_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if not 0 <= self.low_water <= self.high_water:
+            raise ValueError(
+                f"need 0 <= low_water <= high_water, got {self.low_water} and {self.high_water}"
+            )
+        if self.max_send_buffer < self.high_water:
+            raise ValueError(
+                f"max_send_buffer {self.max_send_buffer} is below high_water {self.high_water}"
+            )
+
+
+    def apply(self, sock: Any) -> None:
+        """Set the socket options these settings ask for on a TCP socket."""
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
