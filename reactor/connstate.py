@@ -1,14 +1,26 @@
 """A connection's states and flag bits, and the holder of what it sets rarely.
 
-Shared by connection.py (the hot path) and lifecycle.py (timers, closing, drain, connect);
-stats.py reads the pause bits.
+Shared by the three halves of a connection -- connection.py (events, the write path),
+reading.py (the read core) and lifecycle.py (timers, closing, drain, connect); stats.py
+reads the pause bits.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CloseReason
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hub import Driver
+    from .protocols import Transport
+    from .wheel import TimerEntry
+
+    class ConnectionHalf(TimerEntry, Transport, Driver):
+        """For the type checker only: each half of ``Connection`` is, once joined, what a
+        handler sees (``Transport``), what the loop drives (``Driver``) and a wheel entry."""
+else:
+    ConnectionHalf = object
 
 # States, in the order a connection moves through them.
 CONNECTING, OPEN, CLOSING, LINGER, CLOSED = range(5)

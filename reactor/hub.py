@@ -127,10 +127,10 @@ class Hub:
         self.outq_seen: dict[Any, tuple[int, float]] = {}
         self.ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand
         self.scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
-        # One big buffer every connection reads into (Connection._pump_reads); its own
+        # One big buffer every connection reads into (the ring read path, reading.py); its own
         # one-chunk pool, so it never competes with the connections' chunks.
         self.scratch_ring = RingBuffer(BufferPool(read_budget, 1))
-        # The flat buffer of the batch fast path (Connection._pump_flat): one recv_into,
+        # The flat buffer of the batch fast path (the flat read path, reading.py): one recv_into,
         # one rfind by the codec, one copy of the complete frames out; allocated once.
         self.flat = bytearray(read_budget)
         self.flat_mv = memoryview(self.flat)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .address import format_address
 from .connstate import (CLOSED, CLOSING, CONNECTING, DRAINED, F_BLOCKED, F_FLUSH, F_HIGH,
                         LINGER, OPEN, P_BACKPRESSURE, P_EOF, P_FIN, P_USER,
-                        _STATE_NAMES)
-from .errors import CloseReason, FrameTimeout
+                        _STATE_NAMES, ConnectionHalf)
+from .errors import CloseReason, CodecError, FrameTimeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connstate import _Extra
@@ -45,7 +45,7 @@ _WRITE_GRACE_S = 1.0
 _INF = float("inf")
 
 
-class Lifecycle:
+class Lifecycle(ConnectionHalf):
     """The cold half of ``Connection`` (a mixin: no slots of its own)."""
 
     __slots__ = ()
@@ -67,6 +67,15 @@ class Lifecycle:
     _partial_since: float
     _x: _Extra | None
     _hub: Hub
+    created_at: float
+
+    if TYPE_CHECKING:  # the other halves' methods this one calls
+        def _flush(self) -> None: ...
+        def _deliver(self) -> None: ...
+        def _pump(self) -> None: ...
+        def _codec_error(self, exc: CodecError) -> None: ...
+        @property
+        def paused(self) -> bool: ...
 
     # ----------------------------------------------------------------- timers
 
@@ -356,7 +365,7 @@ class Lifecycle:
         if self._state == OPEN and (self._tx or self._out is not None):
             self._flush()
         if self._state == OPEN and not self._pause:
-            self._pump_reads()
+            self._pump()
         if not self._hub.edge and self._state < CLOSED:
             self._sync_interest()
 

@@ -267,7 +267,7 @@ class TimerWheel:
             delay = 0.0
         return self.call_at(self._now() + delay, callback, *args)
 
-    def cancel(self, timer: Timer) -> None:
+    def cancel(self, timer: TimerEntry) -> None:
         """Unschedule ``timer``; O(1). A no-op on a fired or cancelled timer."""
         b = timer._bucket
         if b is _INACTIVE:
@@ -287,7 +287,7 @@ class TimerWheel:
         if not self._count:
             self._next_tick = _NO_TIMERS
 
-    def rearm(self, timer: Timer, delay: float) -> None:
+    def rearm(self, timer: TimerEntry, delay: float) -> None:
         """Move ``timer``'s deadline to ``delay`` seconds from now (``delay < 0`` counts as 0).
 
         Works on scheduled, fired and cancelled timers alike (the last two are
@@ -345,7 +345,7 @@ class TimerWheel:
                 self._masks[b._level] ^= b._bit
         self._schedule(timer, d)
 
-    def _schedule(self, timer: Timer, d: int) -> None:
+    def _schedule(self, timer: TimerEntry, d: int) -> None:
         """Link an unlinked timer for deadline tick ``d``; counters are the caller's."""
         timer._deadline = d
         if d <= self._limit:
@@ -355,7 +355,7 @@ class TimerWheel:
         if d < self._next_tick:  # an _INVALID cache stays invalid
             self._next_tick = d
 
-    def _place(self, timer: Timer, d: int, cur: int) -> None:
+    def _place(self, timer: TimerEntry, d: int, cur: int) -> None:
         """Link ``timer`` (deadline ``d > cur``) into the wheel bucket for ``d - cur``."""
         delta = d - cur
         if delta < _FIRST_L1:
@@ -381,7 +381,7 @@ class TimerWheel:
         if p is b:  # was empty
             self._masks[b._level] |= b._bit
 
-    def _insert_due(self, timer: Timer) -> None:
+    def _insert_due(self, timer: TimerEntry) -> None:
         """Link ``timer`` into the due list, keeping it sorted by deadline (FIFO on ties)."""
         s = self._due
         d = timer._deadline

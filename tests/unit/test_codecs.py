@@ -378,7 +378,7 @@ class _BatchOnly(LengthPrefixedCodec):
 
 def test_optional_capabilities_are_typed_protocols_asked_of_the_class():
     from reactor import BatchCodec, FlatCodec
-    from reactor.connection import B_FLAT, B_NONE, B_RING, _codec_batch_path
+    from reactor.reading import B_FLAT, B_NONE, B_RING, _codec_batch_path
 
     assert isinstance(LineCodec(), BatchCodec) and isinstance(LineCodec(), FlatCodec)
     assert not isinstance(LengthPrefixedCodec(), BatchCodec)
@@ -394,7 +394,7 @@ def test_optional_capabilities_are_typed_protocols_asked_of_the_class():
 
 def test_a_codec_with_getattr_is_asked_per_instance():
     """A delegating codec (methods found through ``__getattr__``) may differ per instance."""
-    from reactor.connection import B_FLAT, B_NONE, _codec_batch_path
+    from reactor.reading import B_FLAT, B_NONE, _codec_batch_path
 
     class Delegate:
         def __init__(self, inner: object) -> None:
