@@ -12,13 +12,58 @@ from typing import TYPE_CHECKING, Any
 from .errors import CloseReason
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .hub import Driver
-    from .protocols import Transport
+    from .errors import CodecError
+    from .hub import Driver, Hub
+    from .options import ConnectionOptions
+    from .protocols import Codec, Handler, Transport
+    from .ring import RingBuffer
     from .wheel import TimerEntry
 
     class ConnectionHalf(TimerEntry, Transport, Driver):
-        """For the type checker only: each half of ``Connection`` is, once joined, what a
-        handler sees (``Transport``), what the loop drives (``Driver``) and a wheel entry."""
+        """For the type checker only: each half of ``Connection`` (reading.py, lifecycle.py,
+        connection.py) is, once joined, what a handler sees (``Transport``), what the loop
+        drives (``Driver``) and a wheel entry, with the slots and methods of the others."""
+
+        # Connection.__slots__
+        _sock: Any
+        _handler: Handler
+        _codec: Codec
+        _rx: RingBuffer | None
+        _tx: RingBuffer | None
+        _out: Any
+        _rest: bytes | None
+        _opts: ConnectionOptions
+        _state: int
+        _pause: int
+        _flags: int
+        _last_rx: float
+        _last_tx: float
+        _partial_since: float
+        _x: _Extra | None
+        created_at: float
+        bytes_in: int
+        bytes_out: int
+        # In the connection's class (connection.py, _connection_class) or its _Extra.
+        _hub: Hub
+        _batch: int
+        _drain_left: int
+
+        # Each half calls some of the others' methods.
+        def _pump(self) -> None: ...
+        def _deliver(self) -> None: ...
+        def _codec_error(self, exc: CodecError) -> None: ...
+        def _flush(self) -> None: ...
+        def _set_pause(self, bit: int) -> None: ...
+        def _clear_pause(self, bit: int) -> None: ...
+        def _fail(self, exc: OSError) -> None: ...
+        def _handler_failed(self, exc: Exception, where: str) -> None: ...
+        def _partial_began(self) -> None: ...
+        def _drain_done(self) -> None: ...
+        def _sync_interest(self) -> None: ...
+        def _call(self, name: str, *args: Any) -> None: ...
+
+        @property
+        def paused(self) -> bool: ...
 else:
     ConnectionHalf = object
 

@@ -16,20 +16,14 @@ import socket
 import struct
 import sys
 import termios
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .address import format_address
 from .connstate import (CLOSED, CLOSING, CONNECTING, DRAINED, F_BLOCKED, F_FLUSH, F_HIGH,
                         LINGER, OPEN, P_BACKPRESSURE, P_EOF, P_FIN, P_USER,
                         _STATE_NAMES, ConnectionHalf)
-from .errors import CloseReason, CodecError, FrameTimeout
+from .errors import CloseReason, FrameTimeout
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .connstate import _Extra
-    from .hub import Hub
-    from .options import ConnectionOptions
-    from .protocols import Codec, Handler
-    from .ring import RingBuffer
 
 __all__ = ["Lifecycle"]
 
@@ -49,33 +43,6 @@ class Lifecycle(ConnectionHalf):
     """The cold half of ``Connection`` (a mixin: no slots of its own)."""
 
     __slots__ = ()
-
-    # The connection's slots this half uses (declared in Connection.__slots__).
-    _sock: Any
-    _handler: Handler
-    _codec: Codec
-    _rx: RingBuffer | None
-    _tx: RingBuffer | None
-    _out: Any
-    _rest: bytes | None
-    _opts: ConnectionOptions
-    _state: int
-    _pause: int
-    _flags: int
-    _last_rx: float
-    _last_tx: float
-    _partial_since: float
-    _x: _Extra | None
-    _hub: Hub
-    created_at: float
-
-    if TYPE_CHECKING:  # the other halves' methods this one calls
-        def _flush(self) -> None: ...
-        def _deliver(self) -> None: ...
-        def _pump(self) -> None: ...
-        def _codec_error(self, exc: CodecError) -> None: ...
-        @property
-        def paused(self) -> bool: ...
 
     # ----------------------------------------------------------------- timers
 

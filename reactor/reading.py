@@ -50,9 +50,6 @@ from .errors import CloseReason, CodecError
 from .protocols import BatchCodec, FlatCodec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .connstate import _Extra
-    from .hub import Hub
-    from .options import ConnectionOptions
     from .protocols import Codec, Handler
     from .ring import RingBuffer
 
@@ -93,40 +90,9 @@ class Reading(ConnectionHalf):
 
     __slots__ = ()
 
-    # The connection's slots this half uses (declared in Connection.__slots__).
-    _sock: Any
-    _handler: Handler
-    _codec: Codec
-    _rx: RingBuffer | None
-    _rest: bytes | None
-    _opts: ConnectionOptions
-    _state: int
-    _pause: int
-    _flags: int
-    _last_rx: float
-    _partial_since: float
-    _x: _Extra | None
-    _hub: Hub
-    bytes_in: int
     #: How messages reach the handler (B_NONE, B_RING, B_FLAT); set with ``_pump`` in the
     #: connection's class (connection.py, ``_connection_class``).
     _batch = B_NONE
-    _drain_left: int
-
-    if TYPE_CHECKING:  # the other halves' methods this one calls
-        def _fail(self, exc: OSError) -> None: ...
-        def _handler_failed(self, exc: Exception, where: str) -> None: ...
-        def _partial_began(self) -> None: ...
-        def _drain_done(self) -> None: ...
-        def _set_pause(self, bit: int) -> None: ...
-        def _clear_pause(self, bit: int) -> None: ...
-        def _sync_interest(self) -> None: ...
-        def _call(self, name: str, *args: Any) -> None: ...
-        def close(self, reason: CloseReason = ...) -> None: ...
-        @property
-        def id(self) -> int: ...
-        @property
-        def peer(self) -> Any: ...
 
     def _pump(self) -> None:
         """Read what the socket holds: the read core of this connection's path, bound into
