@@ -18,7 +18,7 @@ What a connection or listener may ask of its loop (the fields of ``Hub``):
   ``read_budget``/``read_keep``;
 * queues the loop serves each iteration: append to ``ready`` to be called
   ``_on_ready`` next iteration with no edge (edge-triggered invariant 2 in
-  connection.py), to ``flushq`` to have ``_flush_due`` called at its end, to
+  reading.py), to ``flushq`` to have ``_flush_due`` called at its end, to
   ``starved`` to get ``_unstarve`` once the pool has chunks again, to
   ``accepting`` (listeners) for another accept turn;
 * shared buffers, allocated once per loop: empty rings (``take_ring``,
@@ -30,7 +30,7 @@ What a connection or listener may ask of its loop (the fields of ``Hub``):
 * calls the loop answers: ``attach`` (make an accepted socket a Connection,
   register it and count it; returns the Connection), ``forget`` (an object
   closed: unregister its fd, settle the books), ``call_soon`` (as
-  ``Loop.call_soon``), ``count_close`` (a connection
+  ``Loop.call_soon``; its ``Handle`` is defined here), ``count_close`` (a connection
   refused before it became one), ``new_id``; and ``on_forget``, a hook per fd run
   when that fd is forgotten (a listener's per-address count).
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .selector import EdgeSelector, LevelSelector
     from .wheel import TimerWheel
 
-__all__ = ["Driven", "Driver", "Hub"]
+__all__ = ["Driven", "Driver", "Handle", "Hub"]
 
 
 class Driven(Protocol):
@@ -88,6 +88,20 @@ class Driver(Driven, Protocol):
         """Its outgoing connect failed at once (``Loop.connect``)."""
 
     def abort(self, reason: CloseReason) -> None: ...
+
+
+class Handle:
+    """A callback queued with ``call_soon``; ``cancel()`` before it runs to drop it."""
+
+    __slots__ = ("callback", "args", "cancelled")
+
+    def __init__(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class Hub:
@@ -149,7 +163,7 @@ class Hub:
         # forget(obj) for an object that closed (called before its socket is closed).
         self.attach: Callable[..., Any] = _unset
         self.forget: Callable[[Any], None] = _unset
-        self.call_soon: Callable[..., Any] = _unset  # Loop.call_soon
+        self.call_soon: Callable[..., Handle] = _unset  # Loop.call_soon
         # fd -> what to run when that fd's connection is forgotten
         self.on_forget: dict[int, Callable[[], None]] = {}
 

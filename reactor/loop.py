@@ -28,23 +28,22 @@ import collections
 import errno
 import logging
 import os
-import signal
 import socket
-import stat
 from typing import Any, Callable
 
 from .clock import Clock, MonotonicClock
 from .address import format_address
 from .connection import Connection, ConnectionOptions, _UncountedConnection
 from .errors import CloseReason
-from .hub import Hub
+from .hub import Handle, Hub
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
 from .pool import BufferPool, fair_share
 from .protocols import Codec, Handler
 from .selector import make_selector
+from .sockets import bind_listening, outgoing_socket
 from .stats import loop_stats
-from .wakeup import SignalPipe, Waker
+from .wakeup import Signals, Waker
 from .wheel import Timer, TimerWheel
 
 __all__ = ["Loop", "Handle"]
@@ -57,29 +56,6 @@ _TRIM_EVERY_S = 1.0  # how often a grown pool gives back arenas that are wholly 
 #: poll returns up to 1,024 events, and at 10,000 flooding peers an iteration takes tens
 #: of ms, too long to leave the accept queue (net.core.somaxconn) unserved.
 _ACCEPT_EVERY = 256
-
-
-class Handle:
-    """A callback queued with ``call_soon``; ``cancel()`` before it runs to drop it."""
-
-    __slots__ = ("callback", "args", "cancelled")
-
-    def __init__(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.callback = callback
-        self.args = args
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class _FdReader:
-    """Adapts a Waker or SignalPipe to the loop's ``_on_events`` dispatch."""
-
-    __slots__ = ("_on_events",)
-
-    def __init__(self, on_events: Callable[[int], None]) -> None:
-        self._on_events = on_events
 
 
 class Loop:
@@ -149,10 +125,8 @@ class Loop:
         self._soon: collections.deque[Handle] = collections.deque()
         self._listeners: list[Listener] = []
         self._waker = Waker()
-        self._register(self._waker.fileno(), _FdReader(self._on_wakeup))
-        self._sigpipe: SignalPipe | None = None
-        self._sig_handlers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
-        self._sig_saved: dict[int, Any] = {}
+        self._register(self._waker.fileno(), self._waker)
+        self._signals = Signals(self._run_callback, lambda s: self._register(s.fileno(), s))
         self._reshare()
         self._running = False
         self._stopping = False
@@ -235,29 +209,11 @@ class Loop:
         The C-level handler writes the signal number to a socketpair given to
         ``signal.set_wakeup_fd``, so a sleeping poll returns at once.
         """
-        if self._sigpipe is None:
-            self._sigpipe = SignalPipe()
-            self._register(self._sigpipe.fileno(), _FdReader(self._on_signals))
-        if sig not in self._sig_saved:
-            self._sig_saved[sig] = signal.getsignal(sig)
-        signal.signal(sig, _ignore_signal)
-        self._sig_handlers[sig] = (callback, args)
+        self._signals.add(sig, callback, args)
 
     def remove_signal_handler(self, sig: int) -> bool:
-        if self._sig_handlers.pop(sig, None) is None:
-            return False
-        signal.signal(sig, self._sig_saved.pop(sig, signal.SIG_DFL))
-        return True
-
-    def _on_signals(self, ev: int) -> None:
-        assert self._sigpipe is not None
-        for sig in self._sigpipe.read_signals():
-            entry = self._sig_handlers.get(sig)
-            if entry is not None:
-                self._run_callback(entry[0], entry[1])
-
-    def _on_wakeup(self, ev: int) -> None:
-        self._waker.drain()
+        """Restore ``sig``'s earlier disposition; False if the loop had no handler for it."""
+        return self._signals.remove(sig)
 
     # ---------------------------------------------------------------- sockets
 
@@ -297,9 +253,9 @@ class Loop:
         settings come from ``options`` or keyword arguments of
         :class:`ConnectionOptions`. Raises OSError if the address cannot be bound.
         """
-        opts = _options(options, option_kwargs)
+        opts = ConnectionOptions.given(options, option_kwargs)
         if sock is None:
-            sock = _bind(address, backlog, reuse_port, unix_mode)
+            sock = bind_listening(address, backlog, reuse_port, unix_mode)
         else:
             sock.listen(backlog)
         sock.setblocking(False)
@@ -336,15 +292,9 @@ class Loop:
         connection is up are queued. Host names are resolved here (blocking):
         pass numeric addresses on a busy loop.
         """
-        opts = _options(options, option_kwargs)
-        if isinstance(address, str):
-            family, target = socket.AF_UNIX, address
-        else:
-            info = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0]
-            family, target = info[0], info[4]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        if family != socket.AF_UNIX:
+        opts = ConnectionOptions.given(options, option_kwargs)
+        sock, target = outgoing_socket(address)
+        if sock.family != socket.AF_UNIX:
             opts.apply(sock)
         err = sock.connect_ex(target)
         hub = self.hub
@@ -379,7 +329,7 @@ class Loop:
         whoever made them raises their events; they are listed, drained and closed as the
         others). Counted in ``connection_count``, not as accepted.
         """
-        opts = _options(options, option_kwargs)
+        opts = ConnectionOptions.given(options, option_kwargs)
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             opts.apply(sock)
@@ -614,11 +564,7 @@ class Loop:
             elif isinstance(obj, Listener):
                 obj.close()
         self._run_soon()
-        for sig in list(self._sig_handlers):
-            self.remove_signal_handler(sig)
-        if self._sigpipe is not None:
-            self._sigpipe.close()
-            self._sigpipe = None
+        self._signals.close()
         self._waker.close()
         self._selector.close()
         self._fdmap = []
@@ -633,9 +579,7 @@ class Loop:
             sock = getattr(obj, "_sock", None)
             if sock is not None:
                 sock.close()
-        if self._sigpipe is not None:
-            self._sigpipe.close_after_fork()
-            self._sigpipe = None
+        self._signals.close_after_fork()
         self._waker.close()
         self._selector.close()
         self._fdmap = []
@@ -646,64 +590,3 @@ class Loop:
     def stats(self) -> dict[str, Any]:
         """The loop's internals as a plain dict (what the stats socket serves)."""
         return loop_stats(self)
-
-
-def _ignore_signal(signum: int, frame: Any) -> None:
-    """Python-level handler: the work happens on the loop, woken by set_wakeup_fd."""
-
-
-def _options(options: ConnectionOptions | None, kwargs: dict[str, Any]) -> ConnectionOptions:
-    if options is not None and kwargs:
-        raise TypeError("pass either options= or ConnectionOptions keywords, not both")
-    return options if options is not None else ConnectionOptions(**kwargs)
-
-
-def _bind(address: tuple[str, int] | str, backlog: int, reuse_port: bool,
-          unix_mode: int | None) -> socket.socket:
-    if isinstance(address, str):
-        return _bind_unix(address, backlog, unix_mode)
-    host, port = address
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(info[0], socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(info[4])
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _bind_unix(path: str, backlog: int, mode: int | None) -> socket.socket:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)  # stale: nobody listens on it
-        else:
-            raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o777 & ~mode) if mode is not None else None
-    try:
-        sock.bind(path)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        if old is not None:
-            os.umask(old)
-    return sock
-

@@ -47,6 +47,13 @@ class ConnectionOptions:
                 f"max_send_buffer {self.max_send_buffer} is below high_water {self.high_water}"
             )
 
+    @classmethod
+    def given(cls, options: ConnectionOptions | None, kwargs: dict[str, Any]) -> ConnectionOptions:
+        """``options``, or one made of ``kwargs`` (``Loop.listen(..., options=...)`` or
+        ``Loop.listen(..., idle_timeout_s=...)``); ``TypeError`` if both are given."""
+        if options is not None and kwargs:
+            raise TypeError("pass either options= or ConnectionOptions keywords, not both")
+        return options if options is not None else cls(**kwargs)
 
     def apply(self, sock: Any) -> None:
         """Set the socket options these settings ask for on a TCP socket."""

@@ -3,7 +3,9 @@
 ``Waker`` is one eventfd on Linux (a socketpair elsewhere): ``wake()`` may be
 called from any thread. ``SignalPipe`` is a socketpair handed to
 ``signal.set_wakeup_fd``: the C-level handler writes each signal's number into
-it, so a poll sleeping in the kernel returns at once. Neither knows the loop.
+it, so a poll sleeping in the kernel returns at once. ``Signals`` keeps the
+handlers the loop runs for them. None knows the loop: each is polled as a
+``Driven`` (``fileno``, ``_on_events``).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from typing import Any, Callable
 
-__all__ = ["Waker", "SignalPipe"]
+__all__ = ["Waker", "SignalPipe", "Signals"]
 
 
 class Waker:
@@ -44,6 +47,9 @@ class Waker:
                 os.write(self._wfd, b"\0")
         except (BlockingIOError, OSError):
             pass  # already pending (or closing): the loop will wake anyway
+
+    def _on_events(self, ev: int) -> None:  # polled by the loop: the wake is the whole news
+        self.drain()
 
     def drain(self) -> None:
         try:
@@ -108,3 +114,62 @@ class SignalPipe:
             pass
         self._r.close()
         self._w.close()
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """Python-level handler: the work happens on the loop, woken by set_wakeup_fd."""
+
+
+class Signals:
+    """The loop's signal handlers: ``callback(*args)`` run by ``run`` on the loop when a
+    signal arrives, through one ``SignalPipe`` made on first use. Main thread only."""
+
+    __slots__ = ("_run", "_register", "_pipe", "_handlers", "_saved")
+
+    def __init__(self, run: Callable[[Callable[..., Any], tuple[Any, ...]], None],
+                 register: Callable[[Signals], None]) -> None:
+        self._run = run  # calls a handler, keeping the loop alive if it raises
+        self._register = register  # asks the loop to poll us, once the pipe exists
+        self._pipe: SignalPipe | None = None
+        self._handlers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self._saved: dict[int, Any] = {}
+
+    def fileno(self) -> int:
+        return -1 if self._pipe is None else self._pipe.fileno()
+
+    def add(self, sig: int, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if self._pipe is None:
+            self._pipe = SignalPipe()
+            self._register(self)
+        if sig not in self._saved:
+            self._saved[sig] = signal.getsignal(sig)
+        signal.signal(sig, _ignore_signal)
+        self._handlers[sig] = (callback, args)
+
+    def remove(self, sig: int) -> bool:
+        """Restore ``sig``'s disposition from before ``add``; False if it had no handler."""
+        if self._handlers.pop(sig, None) is None:
+            return False
+        signal.signal(sig, self._saved.pop(sig, signal.SIG_DFL))
+        return True
+
+    def _on_events(self, ev: int) -> None:
+        if self._pipe is None:
+            return
+        for sig in self._pipe.read_signals():
+            entry = self._handlers.get(sig)
+            if entry is not None:
+                self._run(entry[0], entry[1])
+
+    def close(self) -> None:
+        for sig in list(self._handlers):
+            self.remove(sig)
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+    def close_after_fork(self) -> None:
+        """In a forked child: drop the pipe; dispositions stay as they are."""
+        if self._pipe is not None:
+            self._pipe.close_after_fork()
+            self._pipe = None

@@ -176,28 +176,9 @@ class TimerWheel:
     """
 
     __slots__ = (
-        "_now",
-        "_tick_s",
-        "_on_error",
-        "_cur",
-        "_limit",
-        "_next_tick",
-        "_last_deadline",
-        "_masks",
-        "_l0",
-        "_l1",
-        "_l2",
-        "_l3",
-        "_l4",
-        "_due",
-        "_firing",
-        "_expiring",
-        "_count",
-        "_scheduled_total",
-        "_fired_total",
-        "_cancelled_total",
-        "_ticks_processed",
-        "_lag",
+        "_now", "_tick_s", "_on_error", "_cur", "_limit", "_next_tick", "_last_deadline",
+        "_masks", "_l0", "_l1", "_l2", "_l3", "_l4", "_due", "_firing", "_expiring", "_count",
+        "_scheduled_total", "_fired_total", "_cancelled_total", "_ticks_processed", "_lag",
         "_lag_count",
     )
 
@@ -611,11 +592,6 @@ class TimerWheel:
             p99 = samples[_ceil(0.99 * n) - 1]
         else:
             p50 = p99 = 0.0
-        return WheelStats(
-            timers=self._count,
-            scheduled_total=self._scheduled_total,
-            fired_total=self._fired_total,
-            cancelled_total=self._cancelled_total,
-            lag_p50_s=p50,
-            lag_p99_s=p99,
-        )
+        return WheelStats(timers=self._count, scheduled_total=self._scheduled_total,
+                          fired_total=self._fired_total, cancelled_total=self._cancelled_total,
+                          lag_p50_s=p50, lag_p99_s=p99)

@@ -23,7 +23,8 @@ from typing import Any, Callable
 from ..address import format_address
 from ..connection import ConnectionOptions
 from ..errors import CloseReason
-from ..loop import Loop, _bind
+from ..loop import Loop
+from ..sockets import bind_listening
 from ..protocols import Codec, Handler
 from ..stats import STATS_VERSION, aggregate
 from .stats_socket import WholeReply, advertised_path, serve_stats
@@ -74,7 +75,7 @@ def bind_sockets(address: tuple[str, int] | str, workers: int = 1,
     fails and so do we. Raises OSError (e.g. EADDRINUSE, EACCES).
     """
     if isinstance(address, str) or workers == 1:
-        return [_bind(address, backlog, False, None)]
+        return [bind_listening(address, backlog)]
     host, port = address
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     probe = socket.socket(info[0], socket.SOCK_STREAM)
@@ -87,7 +88,7 @@ def bind_sockets(address: tuple[str, int] | str, workers: int = 1,
     socks: list[socket.socket] = []
     try:
         for _ in range(workers):
-            socks.append(_bind((bound[0], bound[1]), backlog, True, None))
+            socks.append(bind_listening((bound[0], bound[1]), backlog, reuse_port=True))
     except BaseException:
         for s in socks:
             s.close()
