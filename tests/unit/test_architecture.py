@@ -120,6 +120,17 @@ def test_every_core_module_is_listed():
     assert not set(CORE) & set(KIT)
 
 
+#: The largest a core module may grow (issue 12): past it, a module holds two rooms.
+MAX_CORE_LINES = 600
+
+
+def test_no_core_module_is_over_600_lines():
+    sizes = {name: len(MODULES[f"reactor.{name}"].read_text().splitlines())
+             for name in CORE + KIT}
+    over = {name: n for name, n in sizes.items() if n > MAX_CORE_LINES}
+    assert not over, f"over {MAX_CORE_LINES} lines: {over}"
+
+
 # What names a Loop or a Listener in this code base: `loop`, `self._loop`, `lp`, `hub.loop`;
 # `listener`, `lst`, `self._listener`.
 _LOOPISH = re.compile(r"(^|_)(loop|lp)$")

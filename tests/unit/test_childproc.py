@@ -15,7 +15,8 @@ from tests.conftest import ROOT, wait_for
 TOOLS = ROOT / "tools"
 sys.path.insert(0, str(TOOLS))
 
-from childproc import child_setup, raise_nofile  # noqa: E402
+from childproc import (child_setup, process_tree, raise_nofile, tcp_sockstat,  # noqa: E402
+                       tree_rss_bytes)
 
 
 def _alive(pid: int) -> bool:
@@ -83,3 +84,22 @@ def test_readers_agree_with_what_this_process_knows_of_itself():
     assert status_kb(pid, "VmRSS") > 0
     with pytest.raises(KeyError):
         status_kb(pid, "NoSuchField")
+
+
+def test_the_process_tree_and_its_rss_from_proc():
+    tree = process_tree(os.getppid())
+    assert tree[0] == os.getppid() and os.getpid() in tree
+    rss, procs = tree_rss_bytes(os.getpid())
+    assert rss > 1 << 20 and procs >= 1
+    assert tree_rss_bytes(2**22 + 12345) is None
+
+
+def test_tcp_sockstat_counts_a_socket_held_here():
+    import socket
+
+    before = tcp_sockstat()
+    assert before is not None and before["tcp_mem_bytes"] >= 0
+    with socket.create_server(("127.0.0.1", 0)):
+        got = tcp_sockstat()
+        assert got is not None and got["tcp_inuse"] >= 1
+    assert set(got) == {"tcp_inuse", "tcp_time_wait", "tcp_mem_bytes"}

@@ -446,16 +446,6 @@ def test_the_parent_marks_an_exit_without_a_report():
     assert r.eof and r.settled and r.finished and r.done is None
 
 
-def test_the_process_tree_and_its_rss_from_proc():
-    import os
-
-    tree = fleet.process_tree(os.getppid())
-    assert tree[0] == os.getppid() and os.getpid() in tree
-    rss, procs = fleet.tree_rss_bytes(os.getpid())
-    assert rss > 1 << 20 and procs >= 1
-    assert fleet.tree_rss_bytes(2**22 + 12345) is None
-
-
 # ------------------------------------------------------------------ usage
 
 @pytest.mark.parametrize("args, needle", [

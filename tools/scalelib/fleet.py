@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from childproc import raise_nofile, status_kb
+from childproc import raise_nofile, tcp_sockstat, tree_rss_bytes
 
 from .plan import Plan, Share
 from .verify import Failure
@@ -48,59 +48,7 @@ class Options:
     pid: int | None = None    # the server's, for its RSS
 
 
-# ------------------------------------------------------------------ the server, from /proc
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (a supervisor and its workers), from /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        children.setdefault(ppid, []).append(int(name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, ()))
-    return tree
-
-
-def tree_rss_bytes(pid: int) -> tuple[int, int] | None:
-    """(VmRSS of ``pid`` and its descendants, how many processes), or None if ``pid`` is gone."""
-    total = count = 0
-    for p in process_tree(pid):
-        try:
-            kib = status_kb(p, "VmRSS")
-        except KeyError:  # a zombie has no VmRSS
-            kib = 0
-        except OSError:
-            if p == pid:
-                return None
-            continue
-        total += kib * 1024
-        count += 1
-    return total, count
-
-
-def tcp_sockstat() -> dict[str, int] | None:
-    """This network namespace's TCP sockets in use and their memory (/proc/net/sockstat)."""
-    try:
-        with open("/proc/net/sockstat") as f:
-            for row in f:
-                if row.startswith("TCP:"):
-                    words = row.split()[1:]
-                    kv = dict(zip(words[::2], map(int, words[1::2])))
-                    return {"tcp_inuse": kv["inuse"], "tcp_time_wait": kv["tw"],
-                            "tcp_mem_bytes": kv["mem"] * os.sysconf("SC_PAGE_SIZE")}
-    except (OSError, KeyError, ValueError):
-        pass
-    return None
-
+# The server, from /proc: process_tree, tree_rss_bytes, tcp_sockstat (tools/childproc.py).
 
 # ------------------------------------------------------------------ the clients
 

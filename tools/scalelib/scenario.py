@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from childproc import cpu_ticks as proc_cpu_ticks
-from childproc import stat_cpu_ticks
+from childproc import stat_cpu_ticks, tcp_sockstat
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 cpu_ticks = stat_cpu_ticks  # parses a /proc/PID/stat line (childproc)
@@ -48,16 +47,9 @@ def read_cpu_ticks(pid: int) -> int | None:
 
 
 def tcp_mem_bytes() -> int | None:
-    """The kernel's TCP buffer memory now (/proc/net/sockstat ``TCP: ... mem`` pages)."""
-    try:
-        with open("/proc/net/sockstat") as f:
-            for line in f:
-                if line.startswith("TCP:"):
-                    parts = line.split()
-                    return int(parts[parts.index("mem") + 1]) * PAGE
-    except (OSError, ValueError):
-        pass
-    return None
+    """The kernel's TCP buffer memory now (/proc/net/sockstat, via childproc)."""
+    got = tcp_sockstat()
+    return None if got is None else got["tcp_mem_bytes"]
 
 
 @dataclass
