@@ -115,16 +115,16 @@ class RingBuffer:
                 chunk = chunks[-1]
                 # A fresh chunk is returned whole: its view was built once by the pool.
                 return chunk[tail:] if tail else chunk
-        chunk = pool.borrow() if borrow else pool.acquire(keep)
-        if chunk is None:
+        fresh = pool.borrow() if borrow else pool.acquire(keep)
+        if fresh is None:
             return None
         if chunks is None:
-            self._chunks = [chunk]
+            self._chunks = [fresh]
             self._head = 0
         else:
-            chunks.append(chunk)
+            chunks.append(fresh)
         self._tail = 0
-        return chunk
+        return fresh
 
     def commit(self, n: int) -> None:
         """Record that ``n`` bytes were written at the start of the last :meth:`writable` view.
@@ -160,7 +160,7 @@ class RingBuffer:
             raise ValueError(f"max_segments {max_segments} must be at least 1")
         if not self._len:
             return []
-        chunks = self._chunks
+        chunks: list[memoryview] = self._chunks  # type: ignore[assignment]  # held: non-empty
         cs = self._pool.chunk_size
         head, tail = self._head, self._tail
         last = len(chunks) - 1
@@ -204,7 +204,7 @@ class RingBuffer:
         start, end = self._bounds(byte, start, end)
         if start >= end:
             return -1
-        chunks = self._chunks
+        chunks: list[memoryview] = self._chunks  # type: ignore[assignment]  # held: non-empty
         head = self._head
         a, b = head + start, head + end
         if len(chunks) == 1:
@@ -228,7 +228,7 @@ class RingBuffer:
         start, end = self._bounds(byte, start, end)
         if start >= end:
             return -1
-        chunks = self._chunks
+        chunks: list[memoryview] = self._chunks  # type: ignore[assignment]  # held: non-empty
         head = self._head
         a, b = head + start, head + end
         if len(chunks) == 1:
@@ -253,7 +253,7 @@ class RingBuffer:
             raise ValueError(f"cannot peek {n} bytes at {offset}: the ring holds {self._len}")
         if not n:
             return b""
-        chunks = self._chunks
+        chunks: list[memoryview] = self._chunks  # type: ignore[assignment]  # held: non-empty
         cs = self._pool.chunk_size
         a = self._head + offset
         b = a + n
@@ -287,7 +287,7 @@ class RingBuffer:
         cs = self._pool.chunk_size
         if head >= cs:
             k = head // cs
-            chunks = self._chunks
+            chunks: list[memoryview] = self._chunks  # type: ignore[assignment]  # held: non-empty
             release = self._pool.release
             for chunk in chunks[:k]:
                 release(chunk)

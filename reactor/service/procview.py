@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Iterator
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs: types-psutil is not a dependency
 
 from ..address import format_address
 

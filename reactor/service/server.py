@@ -11,6 +11,7 @@ drains gracefully within ``drain_timeout_s``; a second one ends at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -245,7 +246,8 @@ class _Supervisor:
             finish()
         for i, pid in workers:
             path = _worker_stats_path(self.config, i) or advertised_path(pid)
-            self.loop.connect(path, lambda i=i: _Gather(answered, i), WholeReply, timeout_s=2.0)
+            self.loop.connect(path, functools.partial(_Gather, answered, i), WholeReply,
+                              timeout_s=2.0)
 
     def _spawn(self, index: int) -> None:
         sock = self.sockets[index if len(self.sockets) > 1 else 0]
