@@ -27,6 +27,10 @@ class LineEchoHandler(Handler):
 
     __slots__ = ()
 
+    #: on_batch only writes the lines back: on the flat path the connection sends them
+    #: straight from its read buffer (Handler.echo_batches).
+    echo_batches = True
+
     def on_message(self, conn: Transport, line: bytes) -> None:
         conn.send(line)
 

@@ -379,6 +379,14 @@ class Connection(Reading, Lifecycle, TimerEntry):
         if not tx and self._state == CLOSING:
             self._finish_close()
 
+    def _send_blocked(self) -> None:
+        """A send outside ``_flush`` left bytes queued (the kernel is full): as ``_flush``
+        would, wait for the OUT edge (level mode: ask for write interest) rather than
+        trying again in this event."""
+        self._flags = (self._flags | F_BLOCKED) & ~F_FLUSH
+        if not self._hub.edge:
+            self._sync_interest()
+
     def _flush_due(self) -> None:
         """It was on the loop's flush queue (``Hub.flushq``): flush if still due."""
         if self._flags & F_FLUSH:

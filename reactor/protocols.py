@@ -158,6 +158,15 @@ class Handler:
     #: a frame larger than 1 KiB is still arriving.
     on_batch: Callable[[Transport, bytes], None] | None = None
 
+    #: Set (as a class attribute) by a handler whose ``on_batch(conn, data)`` does nothing
+    #: but ``conn.write(data)``: on the flat path the connection then sends the complete
+    #: frames straight from the loop's read buffer when nothing else is queued for the peer
+    #: -- no copy, no ``on_batch`` call, no separate flush -- and only what the kernel does
+    #: not take is copied and queued as ``write`` would. ``on_batch`` is still called
+    #: wherever that shortcut does not apply (output already queued, a large frame read
+    #: through a ring), so it must stay equivalent to the write.
+    echo_batches: bool = False
+
     def on_connect(self, conn: Transport) -> None:
         """The connection is established (accepted, or an outgoing connect finished)."""
 

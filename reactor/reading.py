@@ -10,7 +10,9 @@ holds it as ``_pump``, so no event asks again.
   ``maybe_take_frame`` -> ``on_message`` per frame, or ``maybe_take_batch`` -> ``on_batch``.
 - ``_pump_flat`` (``B_FLAT``: an ``on_batch`` handler and a ``FlatCodec``): recv into the
   loop's flat buffer behind the kept partial frame, the codec's ``frames_end`` finds the
-  end of the complete frames, and they go to ``on_batch`` as one ``bytes``.
+  end of the complete frames, and they go to ``on_batch`` as one ``bytes``. ``B_ECHO``
+  (the handler's ``echo_batches``) takes the same path but sends the frames itself,
+  straight from the flat buffer, whenever nothing else is queued for the peer.
 
 Both keep the same invariants and the same books (bytes_in, the idle stamp, the drain
 quota, the partial-frame deadline, the fair share as the largest read).
@@ -44,8 +46,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from .connstate import (B_FLAT, B_NONE, B_RING, F_HUP, OPEN, P_EOF, P_FIN, P_STARVED,
-                        ConnectionHalf)
+from .connstate import (B_ECHO, B_FLAT, B_NONE, B_RING, F_BLOCKED, F_FLUSH, F_HIGH, F_HUP,
+                        OPEN, P_EOF, P_FIN, P_STARVED, ConnectionHalf)
 from .errors import CloseReason, CodecError
 from .protocols import BatchCodec, FlatCodec
 
@@ -82,7 +84,10 @@ def _codec_batch_path(codec: Any) -> int:
 
 def read_path(handler: Handler, codec: Codec) -> int:
     """The read path a connection with ``handler`` and ``codec`` takes, chosen once."""
-    return B_NONE if handler.on_batch is None else _codec_batch_path(codec)
+    if handler.on_batch is None:
+        return B_NONE
+    path = _codec_batch_path(codec)
+    return B_ECHO if path == B_FLAT and handler.echo_batches else path
 
 
 class Reading(ConnectionHalf):
@@ -90,7 +95,7 @@ class Reading(ConnectionHalf):
 
     __slots__ = ()
 
-    #: How messages reach the handler (B_NONE, B_RING, B_FLAT); set with ``_pump`` in the
+    #: How messages reach the handler (B_NONE, B_RING, B_FLAT, B_ECHO); set with ``_pump`` in the
     #: connection's class (connection.py, ``_connection_class``).
     _batch = B_NONE
 
@@ -161,7 +166,7 @@ class Reading(ConnectionHalf):
         share = hub.share
         mv = hub.flat_mv
         codec = self._codec
-        if TYPE_CHECKING:  # B_FLAT was chosen for a FlatCodec (_codec_batch_path)
+        if TYPE_CHECKING:  # B_FLAT or B_ECHO was chosen for a FlatCodec (_codec_batch_path)
             assert isinstance(codec, FlatCodec)
         while not self._pause and self._state == OPEN:
             rx = self._rx
@@ -225,11 +230,31 @@ class Reading(ConnectionHalf):
                 elif cut:  # the old one completed and a new one began
                     self._partial_since = hub.now
             if cut:
-                try:
-                    self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]
-                except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
-                    self._handler_failed(exc, "on_batch")
-                    return
+                if self._batch == B_ECHO and self._out is None and self._tx is None \
+                        and not self._flags & (F_BLOCKED | F_HIGH):
+                    # The echo, sent from the flat buffer (Handler.echo_batches): what the
+                    # kernel takes needs no copy and no flush; the rest is queued as bytes.
+                    try:
+                        sent = self._sock.send(mv[:cut])
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        self._fail(exc)
+                        return
+                    if sent:
+                        self.bytes_out += sent
+                        hub.bytes_out += sent
+                        self._last_tx = hub.now
+                    if sent == cut:  # nothing is queued: no flush is due for this event
+                        self._flags &= ~F_FLUSH
+                    elif self.write(mv[sent:cut].tobytes()):
+                        self._send_blocked()  # the kernel is full: wait for the OUT edge
+                else:
+                    try:
+                        self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]
+                    except Exception as exc:  # noqa: BLE001 - a handler bug closes one peer
+                        self._handler_failed(exc, "on_batch")
+                        return
             if error is not None:
                 if self._state == OPEN:
                     self._codec_error(error)
@@ -330,7 +355,7 @@ class Reading(ConnectionHalf):
             return
         if self._batch:
             codec = self._codec
-            if TYPE_CHECKING:  # B_RING or B_FLAT was chosen for a BatchCodec
+            if TYPE_CHECKING:  # B_RING, B_FLAT or B_ECHO was chosen for a BatchCodec
                 assert isinstance(codec, BatchCodec)
             take = codec.maybe_take_batch
             on_message = self._handler.on_batch
@@ -397,4 +422,5 @@ class Reading(ConnectionHalf):
 
 #: The read core of each path, bound into the connection's class once (``_pump``).
 PUMPS: dict[int, Callable[[Any], None]] = {
-    B_NONE: Reading._pump_ring, B_RING: Reading._pump_ring, B_FLAT: Reading._pump_flat}
+    B_NONE: Reading._pump_ring, B_RING: Reading._pump_ring, B_FLAT: Reading._pump_flat,
+    B_ECHO: Reading._pump_flat}

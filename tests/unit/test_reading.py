@@ -13,7 +13,7 @@ import reactor.reading as reading
 from handlers.length_prefixed import LengthPrefixedCodec
 from handlers.line import LineCodec
 from reactor import CloseReason, Handler
-from reactor.connstate import B_FLAT, B_NONE, B_RING
+from reactor.connstate import B_ECHO, B_FLAT, B_NONE, B_RING
 from reactor.reading import PUMPS, Reading
 from reactor.testing import Harness
 
@@ -119,3 +119,117 @@ def test_every_path_delivers_the_same_bytes_and_the_same_verdict(lines, tail, cu
     else:
         assert first[0] == b"".join(lines)
         assert first[1] is (CloseReason.PEER_CLOSED if eof else None)
+
+
+# ---------------------------------------------------------------- the echo path (B_ECHO)
+
+class WritesBatches(PerFrame):
+    """An echo through on_batch (no echo_batches): the reference the echo path must match."""
+
+    def on_batch(self, conn, data):  # type: ignore[override]
+        self.got.append(bytes(data))
+        conn.write(data)
+
+
+class DeclaredEcho(WritesBatches):
+    echo_batches = True
+
+
+def test_echo_batches_takes_the_echo_path_only_on_the_flat_codec():
+    with Harness(DeclaredEcho(), LineCodec(64)) as h:
+        assert type(h.conn)._batch == B_ECHO and type(h.conn)._pump is Reading._pump_flat
+        h.feed(b"a\nb")
+        assert h.take() == b"a\n" and h.handler.got == []  # sent from the buffer, no call
+        h.feed(b"\n")
+        assert h.take() == b"b\n"
+    with Harness(DeclaredEcho(), RingBatchLines(64)) as h:  # no flat capability: on_batch
+        assert type(h.conn)._batch == B_RING
+        h.feed(b"a\n")
+        assert h.take() == b"a\n" and h.handler.got == [b"a\n"]
+
+
+def test_the_echo_path_queues_what_the_kernel_does_not_take_and_waits_for_out():
+    with Harness(DeclaredEcho(), LineCodec(64)) as h:
+        h.set_window(3)
+        h.feed(b"hello\nworld\n")
+        assert h.take() == b"hel" and h.conn.send_buffered == 9
+        h.feed(b"again\n")  # queued behind the rest, through on_batch, in order
+        assert h.take() == b"" and h.handler.got == [b"again\n"]
+        h.set_window(None)
+        assert h.take() == b"lo\nworld\nagain\n" and h.conn.send_buffered == 0
+        h.feed(b"free\n")  # nothing queued again: back to the echo path
+        assert h.take() == b"free\n" and h.handler.got == [b"again\n"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(LINES, st.lists(st.tuples(st.integers(0, 600), st.one_of(st.none(), st.integers(0, 200))),
+                       max_size=16), st.booleans())
+def test_the_echo_path_sends_what_the_on_batch_echo_sends(lines, steps, eof):
+    """However the input is cut and however little the kernel takes at a time, the echo
+    path and an on_batch that writes the batch send the same bytes, in order, and end
+    the same way (a line over the limit of 32 included)."""
+    data = b"".join(lines)
+    seen = []
+    for handler_cls in (WritesBatches, DeclaredEcho):
+        with Harness(handler_cls(), LineCodec(32)) as h:
+            pos = 0
+            for size, window in steps:
+                if h.closed:
+                    break
+                h.set_window(window)
+                h.feed(data[pos:pos + size])
+                pos += size
+            if not h.closed:
+                h.feed(data[pos:])
+                h.set_window(None)
+                if eof and not h.closed:
+                    h.feed_eof()
+            seen.append((h.written, h.close_reason))
+    assert seen[0] == seen[1]
+    good = list(itertools.takewhile(lambda line: len(line) <= 32, lines))
+    if len(good) == len(lines):
+        assert seen[1][0] == data and seen[1][1] is (CloseReason.PEER_CLOSED if eof else None)
+    else:
+        assert seen[1][0] == b"".join(good) and seen[1][1] is CloseReason.LINE_TOO_LONG
+
+
+@pytest.mark.parametrize("mode", ["edge", "level"])
+def test_the_echo_path_over_real_sockets_loses_nothing_when_the_kernel_fills(mode):
+    """A peer that sends 4 MiB of lines before it reads a byte: the echo path's sends come
+    up short, the rest is queued, reading pauses for backpressure, and once the peer reads
+    every byte comes back in order (edge- and level-triggered)."""
+    import socket
+    import threading
+
+    from handlers.echo import LineEchoHandler
+    from reactor import Loop
+    from tests.conftest import wait_for
+
+    loop = Loop(selector=mode)
+    try:
+        lst = loop.listen(("127.0.0.1", 0), LineEchoHandler, lambda: LineCodec(65536))
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # fills early
+        c.connect(lst.address)
+        payload = b"".join(b"%07d the echo path under a full kernel\n" % i for i in range(100_000))
+        sender = threading.Thread(target=c.sendall, args=(payload,))
+        sender.start()
+        wait_for(lambda: loop.connections() and loop.connections()[0].paused, 20,
+                 "reading paused for backpressure", step=lambda: loop.run_once(0.01))
+        conn = loop.connections()[0]
+        assert conn.send_buffered > 0 and type(conn)._batch == B_ECHO
+        c.setblocking(False)
+        got = bytearray()
+
+        def step():
+            loop.run_once(0.005)
+            try:
+                got.extend(c.recv(1 << 20))
+            except BlockingIOError:
+                pass
+
+        wait_for(lambda: len(got) >= len(payload), 30, "the whole echo", step=step)
+        sender.join(10)
+        assert bytes(got) == payload and conn.bytes_out == len(payload)
+    finally:
+        loop.close()
