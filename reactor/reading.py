@@ -247,8 +247,10 @@ class Reading(ConnectionHalf):
                         self._last_tx = hub.now
                     if sent == cut:  # nothing is queued: no flush is due for this event
                         self._flags &= ~F_FLUSH
-                    elif self.write(mv[sent:cut].tobytes()):
-                        self._send_blocked()  # the kernel is full: wait for the OUT edge
+                    elif self.write(mv[sent:cut].tobytes()) and self._flags & F_FLUSH:
+                        # Queued for a flush (not flushed at once, over max_send_buffer): the
+                        # kernel is full, wait for the OUT edge.
+                        self._send_blocked()
                 else:
                     try:
                         self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]

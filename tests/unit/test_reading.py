@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import reactor.connection
 import reactor.reading as reading
 from handlers.length_prefixed import LengthPrefixedCodec
 from handlers.line import LineCodec
 from reactor import CloseReason, Handler
-from reactor.connstate import B_ECHO, B_FLAT, B_NONE, B_RING
+from reactor.connstate import B_ECHO, B_FLAT, B_NONE, B_RING, F_BLOCKED
 from reactor.reading import PUMPS, Reading
-from reactor.testing import Harness
+from reactor.testing import Harness, MemorySocket
 
 
 class PerFrame(Handler):
@@ -69,10 +70,17 @@ def test_the_path_is_bound_into_the_class_once(name, monkeypatch):
     handler_cls, codec_cls, path, pump = PATHS[name]
     with Harness(handler_cls(), codec_cls(64)) as h:
         assert type(h.conn)._batch == path and type(h.conn)._pump is pump is PUMPS[path]
-        # Nothing asks the codec or the handler again per event: with the choosers gone,
-        # reads still go the same way.
-        monkeypatch.setattr(reading, "_codec_batch_path", None)
-        monkeypatch.setattr(reading, "read_path", None)
+        # Nothing asks the codec or the handler again per event: with the choosers made to
+        # fail where the connection looks them up, reads still go the same way...
+        def chooser_called(*_args):
+            raise AssertionError("the read path was chosen again")
+
+        monkeypatch.setattr(reading, "_codec_batch_path", chooser_called)
+        monkeypatch.setattr(reading, "read_path", chooser_called)
+        monkeypatch.setattr(reactor.connection, "read_path", chooser_called)
+        # ... while a new connection, which must choose, does reach them.
+        with pytest.raises(AssertionError, match="chosen again"):
+            Harness(handler_cls(), codec_cls(64))
         h.feed(b"one\ntw")
         h.feed(b"o\n")
         assert h.handler.wire() == b"one\ntwo\n"
@@ -159,6 +167,29 @@ def test_the_echo_path_queues_what_the_kernel_does_not_take_and_waits_for_out():
         assert h.take() == b"lo\nworld\nagain\n" and h.conn.send_buffered == 0
         h.feed(b"free\n")  # nothing queued again: back to the echo path
         assert h.take() == b"free\n" and h.handler.got == [b"again\n"]
+
+
+class TakesAllButTheFirstSend(MemorySocket):
+    """A kernel that takes 3 bytes of the first send and everything after."""
+
+    def sendmsg(self, buffers, *args):
+        n = super().sendmsg(buffers, *args)
+        self.window = None
+        return n
+
+
+def test_a_short_echo_whose_rest_the_kernel_takes_at_once_leaves_nothing_blocked():
+    """The rest is over max_send_buffer, so queueing it flushes at once and the kernel takes
+    it all: nothing waits for an OUT edge, and the next read is echoed straight away."""
+    sock = TakesAllButTheFirstSend()
+    sock.window = 3
+    with Harness(DeclaredEcho(), LineCodec(64), sock=sock, max_send_buffer=8, high_water=4,
+                 low_water=2) as h:
+        h.feed(b"hello\nworld\n")
+        assert h.take() == b"hello\nworld\n" and h.conn.send_buffered == 0
+        assert not h.conn._flags & F_BLOCKED and not h.closed
+        h.feed(b"next\n")  # no OUT edge comes in between
+        assert h.take() == b"next\n" and h.handler.got == []
 
 
 @settings(max_examples=80, deadline=None)
