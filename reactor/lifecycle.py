@@ -52,7 +52,7 @@ class Lifecycle(ConnectionHalf):
         opts = self._opts
         if opts.idle_timeout_s > 0 or opts.heartbeat_s > 0:
             now = self._hub.now
-            self._hub.wheel.rearm(self, self._next_check(now) - now)
+            self._hub.wheel.rearm_coarse(self, self._next_check(now) - now)
         self._call("on_connect")
 
     def _partial_began(self) -> None:
@@ -154,7 +154,7 @@ class Lifecycle(ConnectionHalf):
                 return
         due = self._next_check(now)
         if due != _INF:
-            self._hub.wheel.rearm(self, due - now)
+            self._hub.wheel.rearm_coarse(self, due - now)
 
     # ---------------------------------------------------------------- closing
 
@@ -178,7 +178,7 @@ class Lifecycle(ConnectionHalf):
             self._finish_close()
             return
         # A peer that never reads must not hold a closing connection forever.
-        self._hub.wheel.rearm(self, self._opts.close_timeout_s)
+        self._hub.wheel.rearm_coarse(self, self._opts.close_timeout_s)
         if not self._flags & (F_FLUSH | F_BLOCKED):
             self._flags |= F_FLUSH
             self._hub.flushq.append(self)
@@ -211,7 +211,7 @@ class Lifecycle(ConnectionHalf):
             self._teardown(self._reason or CloseReason.PEER_RESET)
             return
         self._state = LINGER
-        self._hub.wheel.rearm(self, self._opts.linger_s)
+        self._hub.wheel.rearm_coarse(self, self._opts.linger_s)
         if not self._hub.edge:
             self._sync_interest()
         self._linger_reads()

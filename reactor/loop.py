@@ -68,7 +68,10 @@ class Loop:
     to ``pool_max_chunks``). ``read_budget``: bytes one connection may read per turn
     before others are served; ``read_size``: bytes one recv asks for at most (the fair
     share's ceiling). ``read_reserve``: chunks kept back from reads for sends
-    once the pool is at its cap (default: 1/8 of the cap).
+    once the pool is at its cap (default: 1/8 of the cap). ``tick_s``: the timer wheel's
+    tick; ``timer_grain_s``: connections' own deadlines (idle, heartbeat, connect, close)
+    are rounded up onto a grid this far apart, offset by ``timer_phase_s``, so that one
+    wakeup serves every connection due within it (0: a tick; user timers are never rounded).
     ``raise_fd_limit``: raise the soft RLIMIT_NOFILE to the hard limit now.
     """
 
@@ -85,6 +88,8 @@ class Loop:
         read_size: int = 64 * 1024,
         read_reserve: int | None = None,
         tick_s: float = 0.001,
+        timer_grain_s: float = 0.01,
+        timer_phase_s: float = 0.0,
         raise_fd_limit: bool = True,
     ) -> None:
         if read_budget < 1:
@@ -111,7 +116,8 @@ class Loop:
         # and libuv's read size: under tcp_mem pressure in a no-window flood, 256 KiB replies
         # left 10x more connections without a byte for seconds than 64 KiB ones (issue 10).
         self._read_size = min(read_size, read_budget)
-        self._wheel = TimerWheel(self._clock, tick_s=tick_s, on_error=self._timer_failed)
+        self._wheel = TimerWheel(self._clock, tick_s=tick_s, on_error=self._timer_failed,
+                                 grain_s=timer_grain_s, phase_s=timer_phase_s)
         #: What connections and listeners share with this loop (reactor/hub.py).
         self.hub = hub = Hub(self._clock, self._wheel, self._selector, pool, read_budget,
                              read_reserve, dict.fromkeys(CloseReason, 0))
@@ -308,7 +314,7 @@ class Loop:
         self._register(sock.fileno(), conn, writing=True)
         hub.nconns += 1
         self._reshare()
-        self._wheel.rearm(conn, timeout_s)  # the connect timeout (Connection._fire)
+        self._wheel.rearm_coarse(conn, timeout_s)  # the connect timeout (Connection._fire)
         return conn
 
     def adopt(

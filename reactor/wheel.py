@@ -72,12 +72,9 @@ _TOP_END = 1 << 32           # the top level covers deltas below this
 
 
 class _Bucket:
-    """Sentinel of a circular intrusive list of timers, plus its occupancy bit.
-
-    ``_lazy`` is True for wheel buckets, where rearm may just store a later
-    deadline, and False for the firing and due lists and for the "not
-    scheduled" sentinel, which a rearm must unlink from or schedule anew.
-    """
+    """Sentinel of a circular intrusive list of timers, plus its occupancy bit. ``_lazy``:
+    a wheel bucket, where rearm may just store a later deadline (not the firing and due
+    lists, nor the "not scheduled" sentinel, which a rearm must unlink from or schedule anew)."""
 
     __slots__ = ("_prev", "_next", "_level", "_bit", "_lazy")
 
@@ -94,14 +91,10 @@ _INACTIVE = _Bucket(-1, 0, False)
 
 
 class TimerEntry:
-    """What the wheel links: a deadline tick and the links of its bucket.
-
-    :class:`Timer` is the usual kind. A long-lived object can instead *be* its
-    own timer by subclassing this and overriding :meth:`_fire` (a connection's
-    idle check does): no timer object, callback or bound method per owner, 32
-    bytes of slots instead. Call ``TimerEntry.__init__(self)`` before the
-    first :meth:`TimerWheel.rearm`.
-    """
+    """What the wheel links: a deadline tick and the links of its bucket. :class:`Timer` is
+    the usual kind; a long-lived object can instead *be* its own timer by subclassing this and
+    overriding :meth:`_fire` (a connection does): no timer object, callback or bound method
+    per owner, 32 bytes of slots. Call ``TimerEntry.__init__(self)`` before the first rearm."""
 
     __slots__ = ("_deadline", "_bucket", "_prev", "_next")
 
@@ -116,12 +109,9 @@ class TimerEntry:
 
 
 class Timer(TimerEntry):
-    """A scheduled callback; created only by :class:`TimerWheel`.
-
-    ``callback(*args)`` runs once when the deadline passes. The same object
-    can be rescheduled with :meth:`TimerWheel.rearm` after it fired or was
-    cancelled.
-    """
+    """A scheduled callback, created only by :class:`TimerWheel`: ``callback(*args)`` runs
+    once when the deadline passes; :meth:`TimerWheel.rearm` reschedules it after it fired or
+    was cancelled."""
 
     __slots__ = ("callback", "args", "_tick_s")
 
@@ -168,18 +158,18 @@ def _log_timer_error(timer: Timer, exc: Exception) -> None:
 class TimerWheel:
     """Timers on a hierarchical wheel of ``tick_s`` ticks, driven by :meth:`expire`.
 
-    Deadlines are rounded up to whole ticks; a timer fires in the first
-    ``expire()`` whose ``clock.now()`` has passed its deadline tick, never
-    earlier. ``on_error(timer, exc)`` receives any ``Exception`` a callback
-    raises (default: logged once on the ``reactor`` logger); the remaining
-    timers still fire. ``ValueError`` if ``tick_s <= 0``.
+    Deadlines are rounded up to whole ticks (by :meth:`rearm_coarse`, to the grain:
+    ``grain_s`` apart from ``phase_s``); a timer fires in the first ``expire()`` whose
+    ``clock.now()`` has passed its deadline tick, never earlier. ``on_error(timer, exc)``
+    receives any ``Exception`` a callback raises (default: logged on the ``reactor``
+    logger); the remaining timers still fire. ``ValueError`` if ``tick_s <= 0``.
     """
 
     __slots__ = (
         "_now", "_tick_s", "_on_error", "_cur", "_limit", "_next_tick", "_last_deadline",
         "_masks", "_l0", "_l1", "_l2", "_l3", "_l4", "_due", "_firing", "_expiring", "_count",
         "_scheduled_total", "_fired_total", "_cancelled_total", "_ticks_processed", "_lag",
-        "_lag_count",
+        "_lag_count", "_grain", "_phase",
     )
 
     def __init__(
@@ -187,11 +177,18 @@ class TimerWheel:
         clock: Clock,
         tick_s: float = 0.001,
         on_error: Callable[[Timer, Exception], object] | None = None,
+        grain_s: float = 0.0,
+        phase_s: float = 0.0,
     ) -> None:
         if not tick_s > 0:  # also rejects NaN
             raise ValueError(f"tick_s {tick_s} must be > 0")
+        if not grain_s >= 0 or not phase_s >= 0:
+            raise ValueError(f"grain_s {grain_s} and phase_s {phase_s} must be >= 0")
         self._now = clock.now
         self._tick_s = float(tick_s)
+        # rearm_coarse's deadlines: ticks congruent to _phase modulo _grain (in ticks).
+        self._grain = max(1, round(grain_s / tick_s))
+        self._phase = round(phase_s / tick_s) % self._grain
         self._on_error = on_error if on_error is not None else _log_timer_error
         self._cur = self._tick_floor(clock.now())
         self._limit = self._cur
@@ -253,8 +250,7 @@ class TimerWheel:
         b = timer._bucket
         if b is _INACTIVE:
             return
-        p = timer._prev
-        n = timer._next
+        p, n = timer._prev, timer._next
         p._next = n
         n._prev = p
         if p is n:  # the bucket is empty now
@@ -271,17 +267,29 @@ class TimerWheel:
     def rearm(self, timer: TimerEntry, delay: float) -> None:
         """Move ``timer``'s deadline to ``delay`` seconds from now (``delay < 0`` counts as 0).
 
-        Works on scheduled, fired and cancelled timers alike (the last two are
-        scheduled again, same object). O(1), and creates no handle, tuple or
-        list; a later deadline on a scheduled timer, the per-message idle case,
-        is one compare and one store. ``ValueError`` if ``delay`` is NaN or infinite.
-        """
+        Works on scheduled, fired and cancelled timers alike (the last two are scheduled
+        again, same object). O(1), no allocation; a later deadline on a scheduled timer is one
+        compare and one store. ``ValueError`` if ``delay`` is NaN or infinite."""
+        self._rearm(timer, self._tick_after(delay))
+
+    def rearm_coarse(self, timer: TimerEntry, delay: float) -> None:
+        """As :meth:`rearm`, with the deadline rounded up onto the wheel's grain (``grain_s``
+        apart, offset by ``phase_s``): timers due within one grain share one tick, so a loop
+        holding many periodic ones (a connection's idle and heartbeat checks) wakes once per
+        grain for all of them instead of once per timer. Never earlier than ``delay``."""
+        d = self._tick_after(delay)
+        self._rearm(timer, d + (self._phase - d) % self._grain)
+
+    def _tick_after(self, delay: float) -> int:
+        """The deadline tick ``delay`` seconds from now (``delay < 0`` counts as 0)."""
         if delay < 0.0:  # a float literal: float-float compares are the cheap ones
             delay = 0.0
         try:
-            d = _ceil((self._now() + delay) / self._tick_s)
+            return _ceil((self._now() + delay) / self._tick_s)
         except (OverflowError, ValueError):
             raise ValueError(f"timer delay {delay} is not a finite number") from None
+
+    def _rearm(self, timer: TimerEntry, d: int) -> None:
         # Entries armed in the same tick share one int object for their deadline (an int
         # this large is 28 bytes; 10,000 connections accepted in a second share ~1,000).
         last = self._last_deadline
@@ -301,12 +309,7 @@ class TimerWheel:
         For a check that must run by some time but may run earlier, such as a
         connection's one timer when a partial frame starts its deadline.
         """
-        if delay < 0.0:
-            delay = 0.0
-        try:
-            d = _ceil((self._now() + delay) / self._tick_s)
-        except (OverflowError, ValueError):
-            raise ValueError(f"timer delay {delay} is not a finite number") from None
+        d = self._tick_after(delay)
         if timer._bucket is not _INACTIVE and timer._deadline <= d:
             return
         self._move(timer, d)
@@ -318,8 +321,7 @@ class TimerWheel:
             self._count += 1
             self._scheduled_total += 1
         else:
-            p = timer._prev
-            n = timer._next
+            p, n = timer._prev, timer._next
             p._next = n
             n._prev = p
             if p is n:

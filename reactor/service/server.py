@@ -64,6 +64,9 @@ class ServerConfig:
     chunk_size: int = 16 * 1024
     pool_chunks: int = 4096  #: chunks mapped at start (the pool's first arena)
     max_buffer_bytes: int = 1 << 30  #: the pool's cap, per worker (Loop pool_max_chunks)
+    #: Connections' timers are rounded onto a grid this far apart (Loop timer_grain_s); with
+    #: workers, each worker's grid is offset by index / workers of it, so they wake in turn.
+    timer_grain_s: float = 0.01
 
 
 def bind_sockets(address: tuple[str, int] | str, workers: int = 1,
@@ -140,8 +143,10 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
                stats: bool, worker: int | None = None,
                on_ready: Callable[[], None] | None = None) -> int:
     max_chunks = max(1, config.max_buffer_bytes // config.chunk_size)
+    grain = config.timer_grain_s
     loop = Loop(chunk_size=config.chunk_size, pool_chunks=min(config.pool_chunks, max_chunks),
-                pool_max_chunks=max_chunks)
+                pool_max_chunks=max_chunks, timer_grain_s=grain,
+                timer_phase_s=grain * (worker or 0) / config.workers)
     try:
         loop.listen(sock.getsockname(), handler_factory, codec_factory, sock=sock,
                     backlog=config.backlog, max_conns=config.max_conns,

@@ -326,6 +326,35 @@ def test_half_close_echoes_lines_then_remainder_then_closes(mode):
         loop.close()
 
 
+def test_a_connections_timers_land_on_the_loops_grain():
+    """Loop(timer_grain_s=0.05, timer_phase_s=0.02): the heartbeat due at 1002.0013 fires
+    on the first grid point after it, 1002.02, not before; a user timer is not rounded."""
+    clock = FakeClock(1000.0013)
+    loop = Loop(clock=clock, timer_grain_s=0.05, timer_phase_s=0.02)
+    try:
+        class H(Recorder):
+            def on_heartbeat(self, conn):
+                self.events.append(("heartbeat", clock.now()))
+
+        h = H()
+        addr = serve(loop, h, heartbeat_s=2.0)
+        c = client(addr)
+        run_until(loop, lambda: h.conns)
+        user = loop.call_later(2.0, lambda: None)
+        assert user.when == pytest.approx(1002.0013)
+        assert h.conns[0]._deadline == 1002020  # ticks of 1 ms: 1002.02
+        clock.advance(2.0)  # 1002.0013: the exact deadline, not yet the grid's
+        for _ in range(3):
+            loop.run_once(0)
+        assert h.events == ["connect"]
+        clock.advance(1002.02 - clock.now())
+        run_until(loop, lambda: len(h.events) > 1, what="heartbeat")
+        assert h.events == ["connect", ("heartbeat", pytest.approx(1002.02))]
+        c.close()
+    finally:
+        loop.close()
+
+
 def test_idle_timeout_and_heartbeat_follow_the_fake_clock(mode):
     clock = FakeClock(1000.0)
     loop = Loop(selector=mode, clock=clock)

@@ -8,7 +8,7 @@ import logging
 import math
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -41,20 +41,23 @@ def test_style_guide_idle_example():
     clock.advance(1.1); wheel.expire(); assert fired == ["idle"]
 
 
+class Entry(TimerEntry):
+    """An object that is its own timer, as a connection is."""
+
+    __slots__ = ("fired",)
+
+    def __init__(self):
+        TimerEntry.__init__(self)
+        self.fired = 0
+
+    def _fire(self):
+        self.fired += 1
+
+
 def test_an_object_can_be_its_own_timer():
-    class Owner(TimerEntry):
-        __slots__ = ("fired",)
-
-        def __init__(self):
-            TimerEntry.__init__(self)
-            self.fired = 0
-
-        def _fire(self):
-            self.fired += 1
-
     clock = FakeClock()
     wheel = TimerWheel(clock, tick_s=0.01)
-    a, b = Owner(), Owner()
+    a, b = Entry(), Entry()
     wheel.rearm(a, 1.0)
     wheel.rearm(b, 1.0)
     clock.advance(0.5); wheel.rearm(a, 1.0)  # later: a store, fired at 1.5 instead
@@ -547,3 +550,54 @@ def test_expire_with_the_callers_now_fires_what_is_due_then_and_reads_no_clock()
     wheel.call_at(5.02, fired.append, "c")
     assert wheel.expire(10000, 5.019) == 0 and wheel.expire(10000, 5.02) == 0
     assert wheel.expire(10000, 5.0200000000000005) == 1 and fired == ["a", "b", "c"]
+
+
+# -- the grain (rearm_coarse) --------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 1e6), st.floats(0, 3600), st.integers(1, 500), st.integers(0, 1000))
+def test_a_coarse_deadline_is_the_first_grid_tick_at_or_after_the_exact_one(now, delay, grain,
+                                                                            phase):
+    tick = 0.001
+    clock = FakeClock(now)
+    wheel = TimerWheel(clock, tick_s=tick, grain_s=grain * tick, phase_s=phase * tick)
+    e = Entry()
+    wheel.rearm_coarse(e, delay)
+    exact = deadline_tick(now + delay, tick)
+    assert e._deadline % grain == phase % grain  # on the grid
+    assert exact <= e._deadline < exact + grain  # never early, less than a grain late
+    plain = Entry()
+    wheel.rearm(plain, delay)
+    assert plain._deadline == exact  # rearm itself is not rounded
+
+
+def test_connections_due_within_one_grain_share_one_wakeup():
+    clock = FakeClock(50.0)
+    wheel = TimerWheel(clock, tick_s=0.001, grain_s=0.01, phase_s=0.004)
+    entries = [Entry() for _ in range(100)]
+    for i, e in enumerate(entries):
+        clock.advance(0.0001)  # armed over 10 ms: exact deadlines on 10 different ticks
+        wheel.rearm_coarse(e, 20.0)
+    ticks = {e._deadline for e in entries}
+    assert len(ticks) == 2 and max(ticks) - min(ticks) == 10  # two grains at most, not ten
+    first = wheel.next_deadline()
+    assert first == pytest.approx(min(ticks) * 0.001)
+    clock.advance(first - 0.0005 - clock.now())
+    assert wheel.expire() == 0
+    clock.advance(first - clock.now())
+    fired = wheel.expire()
+    assert fired == sum(e._deadline == min(ticks) for e in entries) > 1
+    clock.advance(0.01)
+    assert wheel.expire() == 100 - fired and all(e.fired == 1 for e in entries)
+
+
+def test_a_zero_grain_is_the_tick_and_a_bad_grain_is_refused():
+    clock = FakeClock(1.0)
+    wheel = TimerWheel(clock, tick_s=0.001)
+    e = Entry()
+    wheel.rearm_coarse(e, 0.0123)
+    assert e._deadline == deadline_tick(1.0123, 0.001)
+    for kw in ({"grain_s": -0.01}, {"phase_s": -1.0}, {"grain_s": float("nan")}):
+        with pytest.raises(ValueError, match="grain_s"):
+            TimerWheel(clock, **kw)

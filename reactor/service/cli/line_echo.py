@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close a connection silent for SEC seconds; 0 = off (default 300)")
     p.add_argument("--heartbeat", type=_seconds, default=0.0, metavar="SEC",
                    help="send PING after SEC seconds with nothing sent; 0 = off (default)")
+    p.add_argument("--timer-grain", type=_seconds, default=0.01, metavar="SEC",
+                   help="idle, heartbeat and other connection deadlines are rounded up onto "
+                        "a grid SEC apart, so one wakeup serves all those due within it; "
+                        "0 = the wheel's 1 ms tick (default 0.01)")
     p.add_argument("--drain-timeout", type=_seconds, default=10.0, metavar="SEC",
                    help="on SIGTERM/SIGINT, how long to drain before dropping (default 10)")
     stats = p.add_mutually_exclusive_group()
@@ -120,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats=not args.no_stats_socket,
         options=_options(args),
         max_buffer_bytes=args.max_buffer_memory,
+        timer_grain_s=args.timer_grain,
     )
     try:
         sockets = bind_sockets(address, args.workers, args.backlog)
