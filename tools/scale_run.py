@@ -39,6 +39,9 @@ def main() -> int:
                    metavar="N", help="line-echo --backlog (default 4096, somaxconn here)")
     p.add_argument("--sample-every", type=number(float, 0, strict=True, what="number of seconds"),
                    default=2.0, metavar="S", help="fd-stats every S seconds (default 2)")
+    p.add_argument("--defer-pings", action="store_true",
+                   help="scale.py --defer-pings: held connections are not read until the "
+                        "second line, so the clients leave the cores to the workers")
     p.add_argument("--restart", action="store_true",
                    help="SIGKILL worker 0 during the hold and time its restart")
     p.add_argument("--restart-after", type=number(float, 0, what="number of seconds"),

@@ -89,6 +89,14 @@ def test_heartbeats_during_the_hold_are_counted_not_failed(daemon):
     assert done.stderr == ""
 
 
+def test_deferred_heartbeats_are_read_and_counted_with_the_second_echo(daemon):
+    d = daemon("--heartbeat", "0.2")
+    done, r = run_scale("--port", str(d.address[1]), "--conns", "200", "--procs", "2",
+                        "--hold", "1", "--quiet", "--defer-pings")
+    assert done.returncode == 0, r["failures"]
+    assert r["verified"] == 200 and r["pings"] >= 200
+
+
 def test_source_addresses_spread_under_a_per_address_cap(daemon):
     """line-echo admits 100 connections per client address: 300 fit only from 3 addresses."""
     d = daemon("--max-conns-per-ip", "100")

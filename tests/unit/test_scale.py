@@ -224,12 +224,13 @@ def test_errnos_map_to_kinds():
 
 # ------------------------------------------------------------------ the client, in-process
 
-def new_client(count: int = 1, port: int = 9, rate: float = 0, max_pending: int = 512
-               ) -> client.Client:
+def new_client(count: int = 1, port: int = 9, rate: float = 0, max_pending: int = 512,
+               defer_pings: bool = False) -> client.Client:
     return client.Client({
         "index": 3, "first": 12345, "count": count, "sources": [["", count]],
         "host": "127.0.0.1", "port": port, "rate": rate, "max_pending": max_pending,
-        "connect_timeout_s": 30.0, "echo_timeout_s": 30.0, "max_seconds": 60})
+        "connect_timeout_s": 30.0, "echo_timeout_s": 30.0, "max_seconds": 60,
+        "defer_pings": defer_pings})
 
 
 @pytest.fixture
@@ -304,6 +305,53 @@ def test_the_client_counts_an_eof_and_an_err_line(wired):
     d.readable(0, mine, 0.0)
     d.readable(0, mine, 0.0)
     assert dict(d.failures) == {"closed_early": 1} and d.socks[0] is None
+
+
+def _deferred_pair() -> tuple[client.Client, socket.socket, socket.socket]:
+    """A --defer-pings client whose connection 0 is registered in its epoll and awaits its
+    first echo."""
+    c = new_client(defer_pings=True)
+    mine, server = socket.socketpair()
+    mine.setblocking(False)
+    c.socks[0] = mine
+    c.by_fd[mine.fileno()] = 0
+    c.ep.register(mine.fileno(), client.select.EPOLLIN)
+    c.move(0, client.AWAIT_FIRST)
+    return c, mine, server
+
+
+def test_deferred_pings_wake_nothing_during_the_hold_and_are_counted_at_the_end():
+    c, mine, server = _deferred_pair()
+    server.sendall(A)
+    assert c.ep.poll(1.0) == [(mine.fileno(), client.select.EPOLLIN)]
+    c.readable(0, mine, 0.0)
+    assert c.state[0] == client.HELD
+    server.sendall(PING * 3)
+    assert c.ep.poll(0.05) == []  # the heartbeats wait in the kernel
+    c.go(0.0)
+    assert server.recv(100) == B and c.state[0] == client.AWAIT_SECOND
+    server.sendall(B)
+    for _ in range(2):  # PINGs and the echo may come in one read or two
+        if c.state[0] == client.DONE:
+            break
+        assert c.ep.poll(1.0)
+        c.readable(0, mine, 0.0)
+    assert c.state[0] == client.DONE and c.verified == 1 and c.pings == 3
+    server.close()
+
+
+def test_deferred_pings_still_see_a_reset_during_the_hold_and_a_close_at_the_end():
+    c, mine, server = _deferred_pair()
+    server.sendall(A)
+    c.ep.poll(1.0)
+    c.readable(0, mine, 0.0)
+    server.sendall(PING)
+    server.close()  # a socketpair's close is a hang-up both ways: epoll reports it at once
+    events = c.ep.poll(1.0)
+    assert events and events[0][1] & client.select.EPOLLHUP
+    c.readable(0, mine, 0.0)  # the PING first,
+    c.readable(0, mine, 0.0)  # then the EOF
+    assert dict(c.failures) == {"closed_early": 1} and c.pings == 1
 
 
 def test_timeouts_expire_in_order_and_stop_fails_the_rest():

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pending", type=_positive_int, default=DEFAULT_MAX_PENDING,
                    metavar="N", help="connections per process connecting or awaiting their "
                                      f"first echo at once (default {DEFAULT_MAX_PENDING})")
+    p.add_argument("--defer-pings", action="store_true",
+                   help="during the hold, leave heartbeat PINGs in the kernel's receive buffer "
+                        "and read them with the second echo (a connection the server closes "
+                        "or resets still fails): the client then takes no CPU during the hold")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -105,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(host=args.host, host_ip=host_ip, port=args.port, hold_s=args.hold,
                    rate=args.rate, connect_timeout_s=args.connect_timeout,
                    echo_timeout_s=args.echo_timeout, max_pending=args.max_pending,
-                   deadline_s=deadline, pid=args.pid)
+                   deadline_s=deadline, pid=args.pid, defer_pings=args.defer_pings)
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     for w in the_plan.warnings:
         log(f"scale: warning: {w}")

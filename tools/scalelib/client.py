@@ -48,6 +48,9 @@ class Client:
         self.max_pending = cfg["max_pending"]       # connecting or awaiting the first echo
         self.connect_timeout_s = cfg["connect_timeout_s"]
         self.echo_timeout_s = cfg["echo_timeout_s"]
+        # Held connections are not read (their epoll interest is none, so only an error or a
+        # hang-up wakes the process) until their second line: heartbeats wait in the kernel.
+        self.defer_pings = bool(cfg.get("defer_pings"))
         self.segments = collections.deque(tuple(s) for s in cfg["sources"])
         self.sources_used: list[str] = []  # the addresses this process bound to, in order
         self.socks: list[socket.socket | None] = [None] * n
@@ -165,6 +168,8 @@ class Client:
 
     def send_line(self, i: int, s: socket.socket, round_: int, new: int, now: float) -> None:
         data = line(self.proc, self.first + i, round_)
+        if round_ and self.defer_pings:
+            self.ep.modify(s.fileno(), select.EPOLLIN)  # the PINGs held back come first
         try:
             sent = s.send(data)
         except BlockingIOError:
@@ -236,6 +241,8 @@ class Client:
             self.established += 1
             self.t_established = now
             self.move(i, HELD)
+            if self.defer_pings:
+                self.ep.modify(s.fileno(), 0)
             return
         self.verified += 1
         self.move(i, DONE)

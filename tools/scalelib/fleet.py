@@ -46,6 +46,7 @@ class Options:
     max_pending: int          # per client: connecting or awaiting the first echo
     deadline_s: float         # the whole run, start-up included
     pid: int | None = None    # the server's, for its RSS
+    defer_pings: bool = False  # held connections are not read until the second line
 
 
 # The server, from /proc: process_tree, tree_rss_bytes, tcp_sockstat (tools/childproc.py).
@@ -120,7 +121,7 @@ def child_config(share: Share, opts: Options, procs: int) -> dict[str, Any]:
             "sources": [list(s) for s in share.sources], "host": opts.host_ip,
             "port": opts.port, "rate": opts.rate / procs, "max_pending": opts.max_pending,
             "connect_timeout_s": opts.connect_timeout_s, "echo_timeout_s": opts.echo_timeout_s,
-            "max_seconds": opts.deadline_s}
+            "max_seconds": opts.deadline_s, "defer_pings": opts.defer_pings}
 
 
 class Run:

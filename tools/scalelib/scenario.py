@@ -171,7 +171,7 @@ class Scenario:
         started_tcp_mem = tcp_mem_bytes()
         cmd = [sys.executable, str(ROOT / "tools" / "scale.py"), "--port", str(a.port),
                "--conns", str(a.conns), "--hold", f"{a.hold:g}", "--rate", f"{a.rate:g}",
-               "--pid", str(self.server.pid)]
+               "--pid", str(self.server.pid)] + (["--defer-pings"] if a.defer_pings else [])
         self.log("scale_run: " + " ".join(cmd))
         t0 = time.monotonic()
         client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, cwd=ROOT, text=True)
@@ -192,6 +192,7 @@ class Scenario:
         result = {
             "ok": ok, "why": why, "conns": a.conns, "workers": a.workers,
             "heartbeat_s": a.heartbeat, "idle_timeout_s": a.idle_timeout, "hold_s": a.hold,
+            "defer_pings": a.defer_pings,
             "scale": scale, **hold_summary(self.samples, a.conns),
             "tcp_mem_bytes_before": started_tcp_mem,
             "restart": self.restart,
