@@ -11,6 +11,7 @@ verified, or with --restart exactly the killed worker's connections lost).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from reactor.service.cli._args import OneLineParser, number, parse  # noqa: E402
+from scalelib import netns  # noqa: E402
 from scalelib.scenario import Scenario  # noqa: E402
 
 
@@ -42,6 +44,9 @@ def main() -> int:
     p.add_argument("--defer-pings", action="store_true",
                    help="scale.py --defer-pings: held connections are not read until the "
                         "second line, so the clients leave the cores to the workers")
+    p.add_argument("--netns", action="store_true",
+                   help="run in a network namespace of its own whose established-connection "
+                        "hash has room for every socket (root, Linux 6.1+)")
     p.add_argument("--restart", action="store_true",
                    help="SIGKILL worker 0 during the hold and time its restart")
     p.add_argument("--restart-after", type=number(float, 0, what="number of seconds"),
@@ -52,7 +57,10 @@ def main() -> int:
     if args.restart and args.restart_after >= args.hold:
         print("scale_run.py: error: --restart-after must be shorter than --hold", file=sys.stderr)
         return 2
-    result = Scenario(args, lambda s: print(s, file=sys.stderr, flush=True)).run()
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.netns and not os.environ.get(netns.INSIDE_ENV):
+        return netns.run_inside([sys.executable, *sys.argv], args.conns, log)
+    result = Scenario(args, log).run()
     print(f"scale_run: {'PASS' if result['ok'] else 'FAIL'}: {result['why']}", file=sys.stderr)
     print(json.dumps(result))
     return 0 if result["ok"] else 1

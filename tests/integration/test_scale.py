@@ -11,10 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, wait_for
+
+sys.path.insert(0, str(ROOT / "tools"))
+from scalelib import netns  # noqa: E402
 
 SCALE = ROOT / "tools" / "scale.py"
 
@@ -248,3 +252,21 @@ def test_scale_run_restart_loses_exactly_the_killed_workers_connections():
     assert out["scale"]["conns"] - out["scale"]["verified"] == rs["killed_connections"]
     assert 0 <= rs["reaped_s"] <= rs["forked_s"] <= rs["serving_s"] < 60
     assert rs["new_pid"] != rs["killed_pid"]
+
+
+def test_scale_run_in_its_own_network_namespace_gets_a_hash_sized_for_it():
+    """--netns: the run happens in a new namespace (its own loopback; a port busy outside is
+    free inside) whose established hash has ehash_entries(N) buckets; the knob is restored."""
+    knob = Path(netns.CHILD_EHASH)
+    before = knob.read_text()
+    with socket.socket() as busy:  # taken in this namespace, not in the run's
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        r, out = run_scale_run("--conns", "300", "--workers", "1", "--hold", "1",
+                               "--heartbeat", "0.5", "--sample-every", "0.5", "--netns",
+                               "--port", str(busy.getsockname()[1]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out["ok"] and out["scale"]["verified"] == 300
+    assert out["tcp_ehash_entries"] == netns.ehash_entries(300) == 65536
+    assert knob.read_text() == before
+    assert "network namespace with 65,536 established-hash buckets" in r.stderr

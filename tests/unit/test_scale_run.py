@@ -8,6 +8,7 @@ import sys
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
+from scalelib import netns  # noqa: E402
 from scalelib.scenario import Sample, cpu_ticks, hold_summary, read_cpu_ticks, verdict  # noqa: E402
 
 
@@ -20,7 +21,7 @@ def test_cpu_ticks_reads_utime_and_stime_past_a_name_with_spaces_and_parens():
 
 def _s(t, conns, cpu, lag=0.001, wall=0.5, out=0):
     return Sample(t=t, wall_s=wall, connections=conns, workers_answered=2, lag_p99_max_s=lag,
-                  bytes_out=out, cpu=cpu)
+                  bytes_out=out, cpu=cpu, lag_p99_median_s=lag / 4)
 
 
 def test_hold_summary_uses_only_the_samples_with_every_connection_held():
@@ -31,9 +32,14 @@ def test_hold_summary_uses_only_the_samples_with_every_connection_held():
         _s(5.0, 100, {1: 140, 2: 320, 3: 999}, wall=0.6, out=9000),
         _s(6.0, 0, {1: 500, 2: 900}, lag=2.0),          # closing: not the hold
     ]
-    h = hold_summary(samples, 100, tck=100)
+    h = hold_summary(samples, 100, tck=100, settle_s=2.0)
     assert h["hold_samples"] == 3 and h["hold_observed_s"] == 4.0
-    assert h["lag_p99_max_ms"] == 4.0
+    assert h["lag_p99_max_ms"] == 4.0 and h["lag_p99_ms"] == [1.0, 4.0, 1.0]
+    assert h["lag_p99_settled_max_ms"] == 4.0  # the samples at 3.0 and 5.0, not 1.0
+    assert h["lag_p99_median_worker_ms"] == [0.2, 1.0, 0.2]  # rounded to 0.1 ms
+    assert hold_summary(samples, 100, settle_s=10.0)["lag_p99_settled_max_ms"] is None
+    early = [_s(1.0, 100, {}, lag=0.5), _s(4.0, 100, {}, lag=0.02)]
+    assert hold_summary(early, 100, settle_s=3.0)["lag_p99_settled_max_ms"] == 20.0
     assert h["fdstats_wall_max_s"] == 1.2 and h["fdstats_wall_median_s"] == 0.6
     # worker 1: 40 ticks over 4 s at 100 ticks/s = 10 %; worker 2: 120 ticks = 30 %; pid 3
     # was not there at the first hold sample, so it is left out.
@@ -54,3 +60,13 @@ def test_verdict_every_connection_or_exactly_the_killed_workers():
     assert verdict({"conns": 1000, "verified": 700},
                    {"killed_connections": 300})[0] is False            # never served again
     assert verdict(scale, {})[0] is False                              # nobody was killed
+
+
+def test_the_namespace_hash_has_a_bucket_per_socket_within_the_kernels_bounds():
+    assert netns.ehash_entries(1) == 1 << 16                     # the floor
+    assert netns.ehash_entries(100_000) == 1 << 18               # 201,024 sockets
+    assert netns.ehash_entries(1_000_000) == 1 << 21             # 2,001,024 sockets
+    assert netns.ehash_entries(10_000_000) == 1 << 24            # the kernel's cap
+    for n in (1, 5_000, 32_256, 32_257, 700_000):
+        e = netns.ehash_entries(n)
+        assert e & (e - 1) == 0 and (e >= 2 * n + 1024 or e == 1 << 24)

@@ -30,6 +30,8 @@ from typing import Any, Callable
 from childproc import cpu_ticks as proc_cpu_ticks
 from childproc import stat_cpu_ticks, tcp_sockstat
 
+from .netns import own_ehash_entries
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -63,19 +65,31 @@ class Sample:
     lag_p99_max_s: float           # the worst worker's
     bytes_out: int
     cpu: dict[int, int] = field(default_factory=dict)  # worker pid -> ticks at the sample
+    lag_p99_median_s: float = 0.0  # the median worker's
 
 
-def hold_summary(samples: list[Sample], conns: int, tck: int = CLK_TCK) -> dict[str, Any]:
+SETTLE_S = 5.0  # a worker's lag p99 is over its last 1,024 fires: the ramp's, just after it
+
+
+def hold_summary(samples: list[Sample], conns: int, tck: int = CLK_TCK,
+                 settle_s: float = SETTLE_S) -> dict[str, Any]:
     """The hold's figures from the samples at which all ``conns`` were held.
 
-    CPU per worker is each worker's ticks between the first and the last hold sample over that
-    wall time (only workers alive at both); ``bytes_out_per_s`` is the fleet's send rate over
-    it (at the hold, the heartbeat PINGs)."""
+    ``lag_p99_ms`` lists every hold sample's worst worker; ``lag_p99_settled_max_ms`` is the
+    worst of those taken ``settle_s`` or more after the first (each worker's p99 is over its
+    last 1,024 timer fires, which just after the ramp are the ramp's). CPU per worker is each
+    worker's ticks between the first and the last hold sample over that wall time (only
+    workers alive at both); ``bytes_out_per_s`` is the fleet's send rate over it (at the hold,
+    the heartbeat PINGs)."""
     hold = [s for s in samples if s.connections == conns]
     out: dict[str, Any] = {"hold_samples": len(hold)}
     if not hold:
         return out
     out["lag_p99_max_ms"] = round(max(s.lag_p99_max_s for s in hold) * 1000, 2)
+    out["lag_p99_ms"] = [round(s.lag_p99_max_s * 1000, 1) for s in hold]
+    out["lag_p99_median_worker_ms"] = [round(s.lag_p99_median_s * 1000, 1) for s in hold]
+    settled = [s.lag_p99_max_s for s in hold if s.t >= hold[0].t + settle_s]
+    out["lag_p99_settled_max_ms"] = round(max(settled) * 1000, 2) if settled else None
     out["fdstats_wall_max_s"] = round(max(s.wall_s for s in hold), 3)
     out["fdstats_wall_median_s"] = round(sorted(s.wall_s for s in hold)[len(hold) // 2], 3)
     first, last = hold[0], hold[-1]
@@ -192,7 +206,7 @@ class Scenario:
         result = {
             "ok": ok, "why": why, "conns": a.conns, "workers": a.workers,
             "heartbeat_s": a.heartbeat, "idle_timeout_s": a.idle_timeout, "hold_s": a.hold,
-            "defer_pings": a.defer_pings,
+            "defer_pings": a.defer_pings, "tcp_ehash_entries": own_ehash_entries(),
             "scale": scale, **hold_summary(self.samples, a.conns),
             "tcp_mem_bytes_before": started_tcp_mem,
             "restart": self.restart,
@@ -209,9 +223,11 @@ class Scenario:
         if s is None or s.get("total") is None:
             return
         ws = _workers(s)
+        lags = sorted(w["lag_p99_s"] or 0.0 for w in ws)
         sample = Sample(t=t - t0, wall_s=wall, connections=s["total"]["connections"],
                         workers_answered=len(ws),
-                        lag_p99_max_s=max((w["lag_p99_s"] or 0.0 for w in ws), default=0.0),
+                        lag_p99_max_s=max(lags, default=0.0),
+                        lag_p99_median_s=lags[len(lags) // 2] if lags else 0.0,
                         bytes_out=s["total"]["bytes_out"])
         for w in ws:
             ticks = read_cpu_ticks(w["pid"])
