@@ -298,12 +298,18 @@ class Connection(Reading, Lifecycle, TimerEntry):
                     self.abort(CloseReason.SLOW_CONSUMER)
                     return False
             if not self._flags & F_HIGH and n > high:
-                self._flags |= F_HIGH
-                self._set_pause(P_BACKPRESSURE)
-                if opts.write_timeout_s > 0.0:  # the peer must now take bytes by then
-                    self._hub.wheel.rearm_sooner(self, opts.write_timeout_s)
-                self._call("on_paused")
+                self._went_high()
         return True
+
+    def _went_high(self) -> None:
+        """Over the high watermark: stop reading (until ``_flush`` is below the low one), start
+        the write deadline, tell the handler."""
+        self._flags |= F_HIGH
+        self._set_pause(P_BACKPRESSURE)
+        timeout = self._opts.write_timeout_s
+        if timeout > 0.0:  # the peer must now take bytes by then
+            self._hub.wheel.rearm_sooner(self, timeout)
+        self._call("on_paused")
 
     def _flush(self) -> None:
         """Send what the send ring holds: one sendmsg of its segments per round."""

@@ -249,8 +249,12 @@ class Reading(ConnectionHalf):
                         self._flags &= ~F_FLUSH
                     elif self.write(mv[sent:cut].tobytes()) and self._flags & F_FLUSH:
                         # Queued for a flush (not flushed at once, over max_send_buffer): the
-                        # kernel is full, wait for the OUT edge.
+                        # kernel is full, wait for the OUT edge; and read no more until the
+                        # rest is out (an echo's high watermark is its first unsent byte):
+                        # what the peer sends meanwhile waits in the kernel, uncopied.
                         self._send_blocked()
+                        if not self._flags & F_HIGH:
+                            self._went_high()
                 else:
                     try:
                         self._handler.on_batch(self, mv[:cut].tobytes())  # type: ignore[misc]

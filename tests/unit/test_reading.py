@@ -14,7 +14,7 @@ import reactor.reading as reading
 from handlers.length_prefixed import LengthPrefixedCodec
 from handlers.line import LineCodec
 from reactor import CloseReason, Handler
-from reactor.connstate import B_ECHO, B_FLAT, B_NONE, B_RING, F_BLOCKED
+from reactor.connstate import B_ECHO, B_FLAT, B_NONE, B_RING, F_BLOCKED, P_BACKPRESSURE
 from reactor.reading import PUMPS, Reading
 from reactor.testing import Harness, MemorySocket
 
@@ -156,17 +156,19 @@ def test_echo_batches_takes_the_echo_path_only_on_the_flat_codec():
         assert h.take() == b"a\n" and h.handler.got == [b"a\n"]
 
 
-def test_the_echo_path_queues_what_the_kernel_does_not_take_and_waits_for_out():
+def test_the_echo_path_queues_what_the_kernel_does_not_take_and_reads_no_more_until_out():
     with Harness(DeclaredEcho(), LineCodec(64)) as h:
         h.set_window(3)
         h.feed(b"hello\nworld\n")
         assert h.take() == b"hel" and h.conn.send_buffered == 9
-        h.feed(b"again\n")  # queued behind the rest, through on_batch, in order
-        assert h.take() == b"" and h.handler.got == [b"again\n"]
-        h.set_window(None)
+        assert h.conn.paused and h.conn._pause == P_BACKPRESSURE
+        h.feed(b"again\n")  # not read: it waits in the kernel, not in a ring
+        assert h.take() == b"" and h.sock.inbound == b"again\n" and h.conn.send_buffered == 9
+        h.set_window(None)  # the OUT edge: the rest goes, reading resumes, the echo path too
         assert h.take() == b"lo\nworld\nagain\n" and h.conn.send_buffered == 0
-        h.feed(b"free\n")  # nothing queued again: back to the echo path
-        assert h.take() == b"free\n" and h.handler.got == [b"again\n"]
+        assert not h.conn.paused and h.handler.got == []
+        h.feed(b"free\n")
+        assert h.take() == b"free\n" and h.handler.got == []
 
 
 class TakesAllButTheFirstSend(MemorySocket):
