@@ -367,6 +367,8 @@ def test_stats_socket_answers_json_with_mode_0600(daemon, tmp_path):
     (["--max-conns-per-ip", "three"], "--max-conns-per-ip"),
     (["--accept-rate", "-50"], "--accept-rate"),
     (["--accept-rate", "fast"], "--accept-rate"),
+    (["--timer-grain", "-0.01"], "--timer-grain"),
+    (["--timer-grain", "1e300"], "--timer-grain"),  # connection timers that never fire
     (["--bogus"], "--bogus"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, needle):

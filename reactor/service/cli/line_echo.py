@@ -26,6 +26,7 @@ _at_least_one = number(int, 1, what="integer")
 _zero_or_more = number(int, 0, what="integer")
 _per_second = number(float, 0, what="rate")
 _seconds = number(float, 0, what="number of seconds")
+_grain = number(float, 0, maximum=1.0, what="number of seconds")  # later than that: a bug
 _port = number(int, 0, maximum=65535, what="port")
 _DEFAULTS = ConnectionOptions()
 _MAX_SEND = _DEFAULTS.max_send_buffer  # 4 MiB
@@ -83,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close a connection silent for SEC seconds; 0 = off (default 300)")
     p.add_argument("--heartbeat", type=_seconds, default=0.0, metavar="SEC",
                    help="send PING after SEC seconds with nothing sent; 0 = off (default)")
-    p.add_argument("--timer-grain", type=_seconds, default=0.01, metavar="SEC",
+    p.add_argument("--timer-grain", type=_grain, default=0.01, metavar="SEC",
                    help="idle, heartbeat and other connection deadlines are rounded up onto "
-                        "a grid SEC apart, so one wakeup serves all those due within it; "
-                        "0 = the wheel's 1 ms tick (default 0.01)")
+                        "a grid SEC apart (at most 1), so one wakeup serves all those due "
+                        "within it; 0 = the wheel's 1 ms tick (default 0.01)")
     p.add_argument("--drain-timeout", type=_seconds, default=10.0, metavar="SEC",
                    help="on SIGTERM/SIGINT, how long to drain before dropping (default 10)")
     stats = p.add_mutually_exclusive_group()
