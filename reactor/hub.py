@@ -45,6 +45,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from .pool import BufferPool
 from .ring import RingBuffer
 
+#: A partial frame up to this size is kept between reads as ``bytes`` in front of the next
+#: read (reading.py), anything longer in the connection's own pooled ring.
+SMALL_REST = 1024
+
 if TYPE_CHECKING:  # pragma: no cover
     from .clock import Clock
     from .errors import CloseReason
@@ -118,7 +122,7 @@ class Hub:
     )
 
     def __init__(self, clock: Clock, wheel: TimerWheel, selector: EdgeSelector | LevelSelector,
-                 pool: BufferPool, read_budget: int, read_keep: int,
+                 pool: BufferPool, read_budget: int, read_size: int, read_keep: int,
                  closed_by_reason: dict[CloseReason, int]) -> None:
         self.clock = clock
         self.wheel = wheel
@@ -141,12 +145,15 @@ class Hub:
         self.outq_seen: dict[Any, tuple[int, float]] = {}
         self.ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand
         self.scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
-        # One big buffer every connection reads into (the ring read path, reading.py); its own
+        # What one read needs: a short partial frame in front, one recv of at most
+        # ``read_size`` bytes behind it (the per-turn ``read_budget`` is several reads).
+        one_read = read_size + SMALL_REST
+        # One buffer every connection reads into (the ring read path, reading.py); its own
         # one-chunk pool, so it never competes with the connections' chunks.
-        self.scratch_ring = RingBuffer(BufferPool(read_budget, 1))
+        self.scratch_ring = RingBuffer(BufferPool(one_read, 1))
         # The flat buffer of the batch fast path (the flat read path, reading.py): one recv_into,
         # one rfind by the codec, one copy of the complete frames out; allocated once.
-        self.flat = bytearray(read_budget)
+        self.flat = bytearray(one_read)
         self.flat_mv = memoryview(self.flat)
         # (Connection class, read path) -> its subclass holding this hub (connection.py)
         self.conn_classes: dict[tuple[type, int], type] = {}

@@ -84,7 +84,7 @@ class Loop:
         chunk_size: int = 16 * 1024,
         pool_chunks: int = 4096,
         pool_max_chunks: int = 65536,
-        read_budget: int = 256 * 1024,
+        read_budget: int = 1024 * 1024,
         read_size: int = 64 * 1024,
         read_reserve: int | None = None,
         tick_s: float = 0.001,
@@ -120,7 +120,7 @@ class Loop:
                                  grain_s=timer_grain_s, phase_s=timer_phase_s)
         #: What connections and listeners share with this loop (reactor/hub.py).
         self.hub = hub = Hub(self._clock, self._wheel, self._selector, pool, read_budget,
-                             read_reserve, dict.fromkeys(CloseReason, 0))
+                             self._read_size, read_reserve, dict.fromkeys(CloseReason, 0))
         hub.attach = self._attach
         hub.forget = self._forget
         hub.call_soon = self.call_soon

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .connstate import (B_ECHO, B_FLAT, B_NONE, B_RING, F_BLOCKED, F_FLUSH, F_HIGH, F_HUP,
                         OPEN, P_EOF, P_FIN, P_STARVED, ConnectionHalf)
 from .errors import CloseReason, CodecError
+from .hub import SMALL_REST as _SMALL_REST
 from .protocols import BatchCodec, FlatCodec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,7 +60,6 @@ __all__ = ["Reading", "read_path"]
 
 log = logging.getLogger("reactor")
 
-_SMALL_REST = 1024  # a partial frame up to this size is kept as bytes, not in pool chunks
 
 _CODEC_PATHS: dict[type, int] = {}
 

@@ -32,8 +32,9 @@ from tests.conftest import (ROOT, Baseline, connect_many_expect_refusals, drain,
 MiB = 1 << 20
 MAX_LINE = 65536  # line-echo's default --max-line
 # What the library queues for one peer before it stops reading from it: the high watermark
-# (64 KiB) plus what one read may deliver at once (the read budget, 256 KiB).
-QUEUED_PER_PEER_MAX = 64 * 1024 + 256 * 1024
+# (64 KiB) plus what one read may deliver at once (the read size, 64 KiB): reading stops
+# as soon as a read's reply passes the watermark, whatever is left of the turn's budget.
+QUEUED_PER_PEER_MAX = 64 * 1024 + 64 * 1024
 
 
 @pytest.fixture
@@ -328,7 +329,7 @@ def test_peers_that_never_read_are_held_in_bounded_memory_then_closed_by_idle_ti
     # The round trips went on while the eight were filled; 0.5 s is generous (they take
     # well under 10 ms on loopback) and would still catch a loop stalled by the flood.
     assert prober.slowest_s < 0.5, prober.slowest_s
-    # What the design lets it queue (8 x 320 KiB) plus room for the allocator; measured: the
+    # What the design lets it queue (8 x 128 KiB) plus room for the allocator; measured: the
     # peak grew by 1.6 MiB with 1.3 MB queued.
     growth = peak_rss_bytes(d.pid) - rss_before
     assert growth < 4 * MiB, f"peak RSS grew by {growth} bytes"

@@ -131,6 +131,36 @@ def test_every_path_delivers_the_same_bytes_and_the_same_verdict(lines, tail, cu
 
 # ---------------------------------------------------------------- the echo path (B_ECHO)
 
+class RecordsReads(MemorySocket):
+    """A MemorySocket that remembers how many bytes each recv_into asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[int] = []
+
+    def recv_into(self, buf, nbytes=0):
+        self.asked.append(nbytes or len(buf))
+        return super().recv_into(buf, nbytes)
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_a_kept_partial_line_does_not_shrink_the_next_read(name):
+    """Every recv asks a whole read (the loop's read size, 64 KiB here) even with a partial
+    line of up to 1 KiB kept in front of it: the shared read buffers hold both."""
+    handler_cls, codec_cls, _path, _pump = PATHS[name]
+    sock = RecordsReads()
+    lines = b"".join(b"%07d\n" % i for i in range(40000))  # 320,000 bytes
+    with Harness(handler_cls(), codec_cls(4096), sock=sock) as h:
+        assert h.conn._hub.share == 64 * 1024
+        h.feed(b"p" * 1000)  # a partial line, kept as bytes between reads
+        assert h.conn.recv_buffered == 1000
+        sock.asked.clear()
+        h.feed(b"\n" + lines)
+        assert sock.asked[0] == 64 * 1024
+        assert max(sock.asked) == 64 * 1024
+        assert h.handler.wire() == b"p" * 1000 + b"\n" + lines
+
+
 class WritesBatches(PerFrame):
     """An echo through on_batch (no echo_batches): the reference the echo path must match."""
 
