@@ -448,8 +448,8 @@ class Connection(Reading, Lifecycle, TimerEntry):
                 # the iteration (with 1,000 events per poll that was 1,000 chunks touched).
                 if self._flags & F_FLUSH:
                     self._flush()
-            if ev & _WRITE_EVENTS and self._flags & F_BLOCKED and self._state <= CLOSING:
-                self._flush()
+            if self._flags & F_BLOCKED and ev & _WRITE_EVENTS and self._state <= CLOSING:
+                self._flush()  # (an ET event nearly always says OUT: test the rare bit first)
         elif st == CLOSING:
             if ev & _WRITE_EVENTS and (self._tx or self._out is not None):
                 self._flush()

@@ -10,15 +10,17 @@ One iteration (``run_once``), in this order:
   3. serve the ready list made in the previous iteration (objects that stopped
      early -- budget, pause, pool -- and have work left without a new edge);
   4. run the call_soon callbacks that were queued when this step began;
-  5. fire due timers;
+  5. fire due timers (if the deadline read before the poll says any can be due);
   6. flush every connection that queued bytes this iteration: many small
      sends become one sendmsg (Redis's beforeSleep);
   7. wake connections the buffer pool refused, if chunks came back.
 
 Buffer memory is shared by a fair-share rule (``Loop._reshare``, docs/architecture.md):
 each connection may hold about ``share`` bytes, the pool's cap split over the open
-connections; what holds less than its share is never refused memory, so no
-connection waits on another's peer.
+connections. A read asks at most a share and a send backlog over ``min(high_water,
+share)`` pauses reading, so all of them stay within the cap; one that holds less than its
+share is never refused memory (at the cap it borrows from the heap, counted as overflow),
+so no connection waits on another's peer.
 Protocols, codecs and buffers live elsewhere; this file wires them together.
 """
 
@@ -110,8 +112,8 @@ class Loop:
             raise ValueError(
                 f"read_reserve must be in [0, {pool.chunks_max}), not {read_reserve}"
             )
-        self._pool_arenas = pool._arenas  # more than one: grown, trim() may give some back
         self._trim_timer: Timer | None = None
+        pool.on_grow = self._pool_grew
         # The most one recv asks for (the fair share's ceiling). 64 KiB as py_et_echo's window
         # and libuv's read size: under tcp_mem pressure in a no-window flood, 256 KiB replies
         # left 10x more connections without a byte for seconds than 64 KiB ones (issue 10).
@@ -400,11 +402,8 @@ class Loop:
                 self.stop()
 
     def _reshare(self) -> None:
-        """Recompute the fair share (``pool.fair_share``) for the connection count. A read
-        asks at most ``share`` bytes and a send backlog over ``min(high_water, share)``
-        pauses reading, so the connections together stay within the pool's cap; one that
-        holds less than its share is never refused memory (at the cap it borrows from the
-        heap, counted as overflow), so no connection waits on another's peer."""
+        """Recompute the fair share for the connection count (``pool.fair_share``; what it
+        bounds is in the module docstring and docs/architecture.md, "Buffer memory")."""
         self.hub.share = fair_share(self.pool.max_bytes, self.hub.nconns, self._read_size)
 
     @property
@@ -412,10 +411,15 @@ class Loop:
         """The fair share of buffer memory per connection now, in bytes (see ``_reshare``)."""
         return self.hub.share
 
+    def _pool_grew(self) -> None:
+        """``BufferPool.on_grow``: trim the pool about once a second until it is back down."""
+        if self._trim_timer is None:
+            self._trim_timer = self._wheel.call_later(_TRIM_EVERY_S, self._trim_pool)
+
     def _trim_pool(self) -> None:
         self.pool.trim()
         self._trim_timer = (self._wheel.call_later(_TRIM_EVERY_S, self._trim_pool)
-                            if len(self._pool_arenas) > 1 else None)
+                            if self.pool.grown else None)
 
     # --------------------------------------------------------------- running
 
@@ -440,6 +444,9 @@ class Loop:
         ready = hub.ready
         if ready:
             hub.ready = []
+        # No timer has work before ``deadline`` (None: no timers), so the wheel is asked only
+        # from then on; one that the events add fires next iteration, whose poll does not wait.
+        deadline: float | None = 0.0
         if ready or self._soon or hub.flushq or hub.accepting:
             wait: float | None = 0.0
         else:
@@ -453,7 +460,7 @@ class Loop:
         if timeout is not None and (wait is None or timeout < wait):
             wait = timeout
         events = self._selector.poll(wait)
-        hub.now = self._clock.now()  # one clock read per iteration, for cheap timestamps
+        hub.now = now = self._clock.now()  # one clock read per iteration, for cheap timestamps
         fdmap = self._fdmap
         if len(events) <= _ACCEPT_EVERY:
             for fd, ev in events:
@@ -474,7 +481,8 @@ class Loop:
             obj._on_ready()
         if self._soon:
             self._run_soon()
-        self._wheel.expire(10000, hub.now)
+        if deadline is not None and now >= deadline:
+            self._wheel.expire(10000, now)
         flushq = hub.flushq
         if flushq:
             hub.flushq = []
@@ -485,15 +493,12 @@ class Loop:
             hub.starved = []
             for conn in starved:
                 conn._unstarve()
-        if self._trim_timer is None and len(self._pool_arenas) > 1:
-            self._trim_timer = self._wheel.call_later(_TRIM_EVERY_S, self._trim_pool)
         hub.iterations += 1
         hub.events += len(events)
 
     def _serve_accepting(self) -> None:
         hub = self.hub
-        accepting = hub.accepting
-        hub.accepting = []
+        accepting, hub.accepting = hub.accepting, []
         for listener in accepting:
             listener._on_ready()
 
@@ -540,11 +545,8 @@ class Loop:
         if self.hub.nconns == 0:
             self.stop()
         else:
-            self._drain_timer = self._wheel.call_later(drain_timeout_s, self._drain_expired,
-                                                       drain_timeout_s)
-
-    def _drain_expired(self, drain_timeout_s: float) -> None:
-        self.abort_all(f"drain timeout after {drain_timeout_s:g} s")
+            self._drain_timer = self._wheel.call_later(
+                drain_timeout_s, self.abort_all, f"drain timeout after {drain_timeout_s:g} s")
 
     def abort_all(self, why: str = "aborted") -> None:
         """Close every connection at once, with one warning naming what was dropped."""

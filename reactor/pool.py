@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+from typing import Callable
 
 __all__ = ["BufferPool", "PoolStats", "fair_share", "MIN_SHARE"]
 
@@ -88,6 +89,7 @@ class BufferPool:
         "_overflow_total",
         "_grows_total",
         "_shrinks_total",
+        "on_grow",
     )
 
     def __init__(self, chunk_size: int = 16384, chunks: int = 4096,
@@ -125,6 +127,9 @@ class BufferPool:
         self._overflow_total = 0
         self._grows_total = 0
         self._shrinks_total = 0
+        #: Called with no arguments after each arena the pool maps beyond its first (the loop
+        #: arms its trim timer then: no check per iteration). None: nobody is told.
+        self.on_grow: Callable[[], None] | None = None
         self._map(chunks)
 
     def _map(self, n: int) -> None:
@@ -149,6 +154,8 @@ class BufferPool:
             return False
         self._map(min(self.grow_chunks, room))
         self._grows_total += 1
+        if self.on_grow is not None:
+            self.on_grow()
         return True
 
     @property

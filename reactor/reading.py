@@ -192,9 +192,9 @@ class Reading(ConnectionHalf):
                 off = len(rest)
                 mv[:off] = rest
                 view = mv[off:]
-            want = len(view)
-            if want > share:
-                want = share
+            # The flat buffer holds a short partial frame and a whole read behind it (hub.py),
+            # and a share is never more than a read: every recv may ask a whole share.
+            want = share
             if hub.shutting_down and 0 <= self._drain_left < want:
                 want = self._drain_left
             try:

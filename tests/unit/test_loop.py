@@ -13,7 +13,7 @@ import pytest
 
 from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
-from reactor import CloseReason, FakeClock, Handler, Loop
+from reactor import BufferPool, CloseReason, FakeClock, Handler, Loop, TimerWheel
 from tests.conftest import run_echo, wait_for
 
 
@@ -113,6 +113,66 @@ def test_poll_timeout_comes_from_the_next_deadline():
         assert rec.timeouts[-1] == 0  # work pending: do not sleep
         lp.run_once(timeout=0.5)
         assert rec.timeouts[-1] == 0.5  # the caller's cap
+    finally:
+        lp.close()
+
+
+def test_the_wheel_is_asked_only_when_a_timer_can_be_due(monkeypatch):
+    """The deadline read before the poll spares the wheel's expire() on iterations where
+    nothing can be due; a timer added during an iteration fires on a later one, never early."""
+    clock = FakeClock(0.0)
+    lp = Loop(clock=clock)
+    try:
+        calls = []
+        real_expire = TimerWheel.expire
+        monkeypatch.setattr(TimerWheel, "expire",
+                            lambda *a: calls.append(a) or real_expire(*a))
+        fired = []
+        lp.call_later(2.0, fired.append, "due")
+        for _ in range(50):
+            lp.run_once(0)
+        assert calls == [] and fired == []
+        clock.advance(2.5)
+        lp.run_once(0)
+        assert fired == ["due"] and len(calls) == 1
+        # Added by an event handler with its deadline already past: not fired in that
+        # iteration (its deadline was read before the poll), but in the next one, which
+        # does not sleep: the wheel's next deadline is already past.
+        class Schedules(Handler):
+            def on_message(self, conn, line):
+                lp.call_at(1.0, fired.append, line)
+
+        a, b = socket.socketpair()
+        lp.adopt(a, Schedules(), LineCodec())
+        b.send(b"late\n")
+        rec = RecordingSelector(lp._selector)
+        lp._selector = rec
+        lp.run_once(5.0)
+        assert fired == ["due"] and rec.timeouts == [5.0]
+        lp.run_once(5.0)
+        assert fired == ["due", b"late"] and rec.timeouts[-1] == 0
+        b.close()
+    finally:
+        lp.close()
+
+
+def test_a_grown_pool_is_trimmed_back_by_the_loop():
+    """BufferPool.on_grow arms the loop's trim timer; once the grown arena is free again,
+    the timer gives it back and is not re-armed."""
+    clock = FakeClock(0.0)
+    pool = BufferPool(1024, 2, max_chunks=8, grow_chunks=2)
+    lp = Loop(clock=clock, pool=pool)
+    try:
+        held = [pool.acquire() for _ in range(4)]  # the third maps a second arena
+        assert pool.grown and len(lp._wheel) == 1
+        clock.advance(1.1)
+        lp.run_once(0)
+        assert pool.grown and len(lp._wheel) == 1  # still in use: kept, looked at again
+        for c in held:
+            pool.release(c)
+        clock.advance(1.1)
+        lp.run_once(0)
+        assert not pool.grown and pool.stats().shrinks_total == 1 and len(lp._wheel) == 0
     finally:
         lp.close()
 

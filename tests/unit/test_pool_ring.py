@@ -337,6 +337,18 @@ def test_pool_grows_in_arenas_up_to_the_cap_then_refuses():
     assert pool.stats().chunks_in_use == 0 and not pool.is_low()
 
 
+def test_on_grow_is_called_once_for_each_arena_mapped():
+    pool = BufferPool(64, 2, max_chunks=6, grow_chunks=2)
+    grew = []
+    pool.on_grow = lambda: grew.append(pool.stats().chunks_total)
+    held = [pool.acquire() for _ in range(3)]
+    held.append(pool.borrow())  # the send side grows the pool as well
+    held += [pool.borrow() for _ in range(3)]  # the cap: heap chunks, no growth
+    assert grew == [4, 6]
+    for c in held:
+        pool.release(c)
+
+
 def test_is_low_takes_nothing_and_counts_nothing():
     pool = BufferPool(64, 2, max_chunks=4, grow_chunks=2)
     a, b = pool.acquire(), pool.acquire()
