@@ -237,6 +237,8 @@ def test_scale_run_holds_every_connection_with_heartbeats_and_reports_the_hold()
     assert r.returncode == 0, r.stderr[-2000:]
     assert out["ok"] and out["scale"]["verified"] == 400 and out["scale"]["pings"] >= 400
     assert out["hold_samples"] >= 2 and out["lag_p99_max_ms"] < 1000
+    seen = out["lag_p99_fdstats_ms"]  # what fd-stats' answers showed, beside the resident read
+    assert len(seen) == out["hold_samples"] and all(0 <= v < 1000 for v in seen)
     assert out["worker_cpu_pct_max"] >= out["worker_cpu_pct_mean"] >= 0
     assert out["bytes_out_per_s"] > 0  # the PINGs are what the fleet sends during the hold
     assert out["scale"]["server_procs"] == 3

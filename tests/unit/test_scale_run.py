@@ -9,7 +9,8 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 from scalelib import netns  # noqa: E402
-from scalelib.scenario import Sample, cpu_ticks, hold_summary, read_cpu_ticks, verdict  # noqa: E402
+from scalelib.scenario import (Sample, cpu_ticks, hold_summary, read_cpu_ticks,  # noqa: E402
+                               verdict, worker_lags)
 
 
 def test_cpu_ticks_reads_utime_and_stime_past_a_name_with_spaces_and_parens():
@@ -19,16 +20,16 @@ def test_cpu_ticks_reads_utime_and_stime_past_a_name_with_spaces_and_parens():
     assert read_cpu_ticks(4_000_000) is None
 
 
-def _s(t, conns, cpu, lag=0.001, wall=0.5, out=0):
+def _s(t, conns, cpu, lag=0.001, wall=0.5, out=0, seen=None):
     return Sample(t=t, wall_s=wall, connections=conns, workers_answered=2, lag_p99_max_s=lag,
-                  bytes_out=out, cpu=cpu, lag_p99_median_s=lag / 4)
+                  bytes_out=out, cpu=cpu, lag_p99_median_s=lag / 4, lag_p99_fdstats_max_s=seen)
 
 
 def test_hold_summary_uses_only_the_samples_with_every_connection_held():
     samples = [
         _s(0.0, 10, {1: 0, 2: 0}, lag=0.9),             # the ramp: not the hold
         _s(1.0, 100, {1: 100, 2: 200}, wall=0.4, out=1000),
-        _s(3.0, 100, {1: 120, 2: 260}, lag=0.004, wall=1.2, out=5000),
+        _s(3.0, 100, {1: 120, 2: 260}, lag=0.004, wall=1.2, out=5000, seen=0.0625),
         _s(5.0, 100, {1: 140, 2: 320, 3: 999}, wall=0.6, out=9000),
         _s(6.0, 0, {1: 500, 2: 900}, lag=2.0),          # closing: not the hold
     ]
@@ -37,6 +38,7 @@ def test_hold_summary_uses_only_the_samples_with_every_connection_held():
     assert h["lag_p99_max_ms"] == 4.0 and h["lag_p99_ms"] == [1.0, 4.0, 1.0]
     assert h["lag_p99_settled_max_ms"] == 4.0  # the samples at 3.0 and 5.0, not 1.0
     assert h["lag_p99_median_worker_ms"] == [0.2, 1.0, 0.2]  # rounded to 0.1 ms
+    assert h["lag_p99_fdstats_ms"] == [None, 62.5, None]  # fd-stats' own view, kept apart
     assert hold_summary(samples, 100, settle_s=10.0)["lag_p99_settled_max_ms"] is None
     early = [_s(1.0, 100, {}, lag=0.5), _s(4.0, 100, {}, lag=0.02)]
     assert hold_summary(early, 100, settle_s=3.0)["lag_p99_settled_max_ms"] == 20.0
@@ -70,3 +72,11 @@ def test_the_namespace_hash_has_a_bucket_per_socket_within_the_kernels_bounds():
     for n in (1, 5_000, 32_256, 32_257, 700_000):
         e = netns.ehash_entries(n)
         assert e & (e - 1) == 0 and (e >= 2 * n + 1024 or e == 1 << 24)
+
+
+def test_worker_lags_reads_a_supervisors_workers_or_a_single_loop():
+    sup = {"role": "supervisor", "lag": {"p99_s": 9.0}, "workers": [
+        {"index": 0, "lag": {"p99_s": 0.03}}, {"index": 1, "error": "no answer"},
+        {"index": 2, "lag": {"p99_s": 0.002}}, {"index": 3, "lag": {"p99_s": None}}]}
+    assert worker_lags(sup) == [0.0, 0.002, 0.03]  # the aggregate's 9.0 is not a worker
+    assert worker_lags({"role": "worker", "lag": {"p99_s": 0.004}}) == [0.004]
