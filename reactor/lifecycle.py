@@ -33,6 +33,8 @@ _SHUT_WR = socket.SHUT_WR
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _FIONREAD = termios.FIONREAD
 _OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # SIOCOUTQ: bytes the kernel still holds to send
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+_TCP_CA_LOSS = 4  # struct tcp_info's tcpi_ca_state while the kernel retransmits after a timeout
 #: After --write-timeout with no byte taken from our queue, how long the kernel's own send
 #: queue is watched for progress before the peer is called slow.
 _WRITE_GRACE_S = 1.0
@@ -90,7 +92,11 @@ class Lifecycle(ConnectionHalf):
         is still shrinking. A peer that reads slowly from a large kernel buffer takes bytes
         without ever raising an OUT edge (the kernel waits for a third of the buffer to be
         free), so before the abort the queue (SIOCOUTQ) is watched for ``_WRITE_GRACE_S``
-        more: if it shrank, the peer is reading and the deadline starts again."""
+        more: if it shrank, the peer is reading and the deadline starts again. Nor is a peer
+        whose segments are being lost (``_retransmitting``: loopback under ``tcp_mem``
+        pressure drops them, a link went down): its window is open, the kernel's
+        retransmission backoff is what holds the bytes, and the kernel ends the connection
+        itself if they never get through (``tcp_retries2``)."""
         timeout = self._opts.write_timeout_s
         if timeout <= 0 or not self._flags & F_HIGH or now - self._last_tx < timeout - 1e-9:
             return False
@@ -105,7 +111,7 @@ class Lifecycle(ConnectionHalf):
         if queued == 0:  # the kernel has room: send (an OUT edge was missed, or is late)
             self._flush()
             return self._state == CLOSED
-        if queued > 0 and (before is None or queued < before):
+        if queued > 0 and (before is None or queued < before or self._retransmitting()):
             self._last_tx = now - timeout + _WRITE_GRACE_S  # look again after the grace
             watched[self] = (queued, self._last_tx)
             return False
@@ -113,6 +119,20 @@ class Lifecycle(ConnectionHalf):
                   self.send_buffered, now - self._last_tx)
         self.abort(CloseReason.SLOW_CONSUMER)
         return True
+
+    def _retransmitting(self) -> bool:
+        """True if the kernel is retransmitting unacknowledged bytes on this TCP socket after
+        a timeout (the network or the peer's kernel lost them), rather than holding bytes back
+        because the peer's window is closed (a peer that does not read: nothing in flight,
+        zero-window probes). Read from TCP_INFO; False where there is none (unix sockets)."""
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 32)
+        except (OSError, AttributeError):
+            return False
+        if len(info) < 28:
+            return False
+        unacked = int.from_bytes(info[24:28], sys.byteorder)  # tcpi_unacked: segments in flight
+        return unacked > 0 and (info[1] == _TCP_CA_LOSS or info[2] > 0)  # ca_state, retransmits
 
     def _frame_timed_out(self, now: float) -> bool:
         timeout = self._opts.frame_timeout_s

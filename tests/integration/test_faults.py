@@ -1,12 +1,16 @@
 """Faults inside the daemon, black-box: a worker killed outright, SIGTERM in the middle of a
-connection storm and in the middle of a 100 MiB transfer. Each test checks what survived,
-byte for byte, and that nothing the daemon had taken in was lost."""
+connection storm and in the middle of a 100 MiB transfer, a link that goes down under a write
+deadline. Each test checks what survived, byte for byte, and that nothing the daemon had taken
+in was lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -241,3 +245,19 @@ def test_sigterm_in_the_middle_of_a_100_mib_transfer_echoes_exactly_the_lines_re
     assert 30 << 20 <= read_in < blocks * stream.block_bytes, (read_in, sent[0])
     assert check.total == stream.complete_lines_in(read_in) == doc["bytes_out"]
     s.close()
+
+
+def test_a_reader_behind_a_lossy_link_is_not_closed_as_a_slow_consumer():
+    """The write deadline (1 s, plus its 1 s grace) passes while the loopback is down for
+    4 s: the reader's bytes are in flight and being retransmitted, not refused by a closed
+    window, so it is kept, and gets the whole stream intact once the link is back; the peer
+    that reads nothing is still closed as a slow consumer (tests/integration/lossy_link.py,
+    in a network namespace of its own)."""
+    script = os.path.join(os.path.dirname(__file__), "lossy_link.py")
+    r = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["served_before"] > 0 and out["got_during_outage"] == 0  # the link was down
+    assert out["reader_reason"] is None, out
+    assert out["intact"] and out["got"] == out["expected"], out
+    assert out["stalled_reason"] == "slow_consumer", out

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
+import types
 
 import pytest
 
@@ -787,3 +789,29 @@ def test_a_reset_connection_is_freed_without_the_cycle_collector(mode):
     finally:
         gc.enable()
         loop.close()
+
+
+@pytest.mark.parametrize("ca_state, retransmits, unacked, lost", [
+    (4, 3, 2, True),     # TCP_CA_Loss with segments in flight: the network lost them
+    (0, 1, 5, True),     # a retransmission under way
+    (0, 0, 0, False),    # nothing in flight: the peer's window is closed (zero-window probes)
+    (4, 2, 0, False),    # nothing in flight is no loss of ours
+    (0, 0, 9, False),    # in flight and no timeout yet: just a busy link
+])
+def test_retransmitting_reads_tcp_info(ca_state, retransmits, unacked, lost):
+    info = bytearray(104)
+    info[0], info[1], info[2] = 1, ca_state, retransmits
+    info[24:28] = unacked.to_bytes(4, sys.byteorder)
+
+    class Sock:
+        def getsockopt(self, level, name, size):
+            assert (level, name) == (socket.IPPROTO_TCP, socket.TCP_INFO)
+            return bytes(info[:size])
+
+    class NoTcpInfo:
+        def getsockopt(self, level, name, size):
+            raise OSError(95, "Operation not supported")  # a unix socket
+
+    conn = types.SimpleNamespace(_sock=Sock())
+    assert Connection._retransmitting(conn) is lost
+    assert Connection._retransmitting(types.SimpleNamespace(_sock=NoTcpInfo())) is False
