@@ -122,17 +122,21 @@ class Lifecycle(ConnectionHalf):
 
     def _retransmitting(self) -> bool:
         """True if the kernel is retransmitting unacknowledged bytes on this TCP socket after
-        a timeout (the network or the peer's kernel lost them), rather than holding bytes back
-        because the peer's window is closed (a peer that does not read: nothing in flight,
-        zero-window probes). Read from TCP_INFO; False where there is none (unix sockets)."""
+        a timeout (the network or the peer's kernel lost them) while the peer's window is
+        open, rather than holding bytes back because the peer's window is closed (a peer
+        that does not read: its window 0, whatever was lost on the way). Read from TCP_INFO;
+        False where there is none (unix sockets)."""
         try:
-            info = self._sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 32)
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 232)
         except (OSError, AttributeError):
             return False
         if len(info) < 28:
             return False
         unacked = int.from_bytes(info[24:28], sys.byteorder)  # tcpi_unacked: segments in flight
-        return unacked > 0 and (info[1] == _TCP_CA_LOSS or info[2] > 0)  # ca_state, retransmits
+        if not (unacked > 0 and (info[1] == _TCP_CA_LOSS or info[2] > 0)):  # ca_state, retransmits
+            return False
+        # tcpi_snd_wnd (Linux 5.4+): the window the peer last offered; 0 = it does not read.
+        return len(info) < 232 or int.from_bytes(info[228:232], sys.byteorder) > 0
 
     def _frame_timed_out(self, now: float) -> bool:
         timeout = self._opts.frame_timeout_s

@@ -791,17 +791,21 @@ def test_a_reset_connection_is_freed_without_the_cycle_collector(mode):
         loop.close()
 
 
-@pytest.mark.parametrize("ca_state, retransmits, unacked, lost", [
-    (4, 3, 2, True),     # TCP_CA_Loss with segments in flight: the network lost them
-    (0, 1, 5, True),     # a retransmission under way
-    (0, 0, 0, False),    # nothing in flight: the peer's window is closed (zero-window probes)
-    (4, 2, 0, False),    # nothing in flight is no loss of ours
-    (0, 0, 9, False),    # in flight and no timeout yet: just a busy link
+@pytest.mark.parametrize("ca_state, retransmits, unacked, window, lost", [
+    (4, 3, 2, 65535, True),  # TCP_CA_Loss, segments in flight, an open window: the network
+    (0, 1, 5, 65535, True),  # a retransmission under way
+    (4, 0, 1, 0, False),     # lost on the way, but the peer's window is shut: it does not read
+    (0, 0, 0, 0, False),     # nothing in flight: a closed window (zero-window probes)
+    (4, 2, 0, 65535, False),  # nothing in flight is no loss of ours
+    (0, 0, 9, 65535, False),  # in flight and no timeout yet: just a busy link
+    (4, 3, 2, None, True),   # a kernel before 5.4 (no tcpi_snd_wnd): the doubt favours the peer
 ])
-def test_retransmitting_reads_tcp_info(ca_state, retransmits, unacked, lost):
-    info = bytearray(104)
+def test_retransmitting_reads_tcp_info(ca_state, retransmits, unacked, window, lost):
+    info = bytearray(104 if window is None else 232)
     info[0], info[1], info[2] = 1, ca_state, retransmits
     info[24:28] = unacked.to_bytes(4, sys.byteorder)
+    if window is not None:
+        info[228:232] = window.to_bytes(4, sys.byteorder)
 
     class Sock:
         def getsockopt(self, level, name, size):
