@@ -48,6 +48,10 @@ from .ring import RingBuffer
 #: A partial frame up to this size is kept between reads as ``bytes`` in front of the next
 #: read (reading.py), anything longer in the connection's own pooled ring.
 SMALL_REST = 1024
+#: Reads one connection may make per turn before the others are served (Netty's
+#: maxMessagesPerRead, 16): with 64 KiB shares 1 MiB, with 4 KiB shares (thousands of
+#: connections on a small pool) 64 KiB, so a turn of the loop stays short however many flood.
+READS_PER_TURN = 16
 
 if TYPE_CHECKING:  # pragma: no cover
     from .clock import Clock
@@ -112,7 +116,7 @@ class Hub:
     """The state a loop shares with its connections and listeners (see the module doc)."""
 
     __slots__ = (
-        "clock", "wheel", "selector", "edge", "pool", "read_budget", "read_keep",
+        "clock", "wheel", "selector", "edge", "pool", "read_budget", "turn_budget", "read_keep",
         "now", "share", "shutting_down", "nconns",
         "ready", "flushq", "starved", "accepting", "outq_seen",
         "ring_free", "scratch", "scratch_ring", "flat", "flat_mv", "conn_classes",
@@ -129,7 +133,9 @@ class Hub:
         self.selector = selector
         self.edge: bool = selector.edge_triggered
         self.pool = pool
-        self.read_budget = read_budget  # bytes one connection may read per turn
+        self.read_budget = read_budget  # bytes one connection may read per turn, at most
+        # What it may read per turn now: READS_PER_TURN shares, within read_budget (Loop._reshare)
+        self.turn_budget = read_budget
         self.read_keep = read_keep  # chunks kept back from reads for sends at the pool's cap
         self.now = clock.now()
         self.share = 0  # the fair share of buffer memory per connection (Loop._reshare)

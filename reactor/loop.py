@@ -37,7 +37,7 @@ from .clock import Clock, MonotonicClock
 from .address import format_address
 from .connection import Connection, ConnectionOptions, _UncountedConnection
 from .errors import CloseReason
-from .hub import Handle, Hub
+from .hub import READS_PER_TURN, Handle, Hub
 from .listener import Listener, default_max_conns
 from .listener import raise_fd_limit as _raise_fd_limit
 from .pool import BufferPool, fair_share
@@ -68,8 +68,8 @@ class Loop:
     ``pool``: the buffer pool every connection's rings borrow from (default: an
     elastic pool of ``chunk_size`` chunks, ``pool_chunks`` mapped at first, growing up
     to ``pool_max_chunks``). ``read_budget``: bytes one connection may read per turn
-    before others are served; ``read_size``: bytes one recv asks for at most (the fair
-    share's ceiling). ``read_reserve``: chunks kept back from reads for sends
+    before others are served, at most (a turn is also 16 reads of a fair share at most);
+    ``read_size``: bytes one recv asks for at most (the fair share's ceiling). ``read_reserve``: chunks kept back from reads for sends
     once the pool is at its cap (default: 1/8 of the cap). ``tick_s``: the timer wheel's
     tick; ``timer_grain_s``: connections' own deadlines (idle, heartbeat, connect, close)
     are rounded up onto a grid this far apart, offset by ``timer_phase_s``, so that one
@@ -298,8 +298,7 @@ class Loop:
         ``timeout_s`` the handler gets ``on_close`` with CONNECT_FAILED or
         CONNECT_TIMEOUT and ``conn.error`` says why. Bytes sent before the
         connection is up are queued. Host names are resolved here (blocking):
-        pass numeric addresses on a busy loop.
-        """
+        pass numeric addresses on a busy loop."""
         opts = ConnectionOptions.given(options, option_kwargs)
         sock, target = outgoing_socket(address)
         if sock.family != socket.AF_UNIX:
@@ -402,9 +401,10 @@ class Loop:
                 self.stop()
 
     def _reshare(self) -> None:
-        """Recompute the fair share for the connection count (``pool.fair_share``; what it
-        bounds is in the module docstring and docs/architecture.md, "Buffer memory")."""
-        self.hub.share = fair_share(self.pool.max_bytes, self.hub.nconns, self._read_size)
+        """The fair share and the turn's read budget for the connection count (module doc)."""
+        hub = self.hub
+        hub.share = share = fair_share(self.pool.max_bytes, hub.nconns, self._read_size)
+        hub.turn_budget = min(hub.read_budget, READS_PER_TURN * share)
 
     @property
     def buffer_share(self) -> int:

@@ -120,7 +120,7 @@ class Reading(ConnectionHalf):
         straight into its own pooled ring.
         """
         hub = self._hub
-        budget = hub.read_budget
+        budget = hub.turn_budget
         recv_into = self._sock.recv_into
         keep = hub.read_keep
         scratch = hub.scratch_ring
@@ -159,7 +159,7 @@ class Reading(ConnectionHalf):
         One function on purpose: this is the per-event path, and calls are its cost.
         """
         hub = self._hub
-        budget = hub.read_budget
+        budget = hub.turn_budget
         # No pool check here: these reads take no chunk, and the replies they cause are
         # bounded by the fair share (a read asks at most ``share`` bytes; a backlog over
         # it pauses reading), so a connection that reads never waits on another's peer.
