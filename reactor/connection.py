@@ -45,6 +45,11 @@ _WRITE_EVENTS = OUT | HUP | ERR
 _EMPTY: Any = ()  # stands for "no send ring" in _flush: falsy, len() 0
 _MAX_SEGMENTS = 64  # iovecs per sendmsg; far below IOV_MAX (1024)
 _FLUSH_BUDGET = 1 << 20  # bytes one flush may send before others get a turn
+#: What get_extra_info answers from a TLS connection's ssl.SSLObject (asyncio's names).
+_TLS_INFO: dict[str, Any] = {
+    "ssl_object": lambda obj: obj, "peercert": lambda obj: obj.getpeercert(),
+    "cipher": lambda obj: obj.cipher(), "compression": lambda obj: obj.compression(),
+    "alpn_protocol": lambda obj: obj.selected_alpn_protocol()}
 
 
 def _connection_class(cls: type, batch: int, hub: Hub) -> type:
@@ -215,12 +220,16 @@ class Connection(Reading, Lifecycle, TimerEntry):
         return self._sock.fileno()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """As asyncio's transports: ``"socket"``, ``"peername"`` or ``"sockname"``, else
-        ``default`` (also when the socket is closed)."""
+        """As asyncio's transports: ``"socket"``, ``"peername"`` or ``"sockname"``; over TLS
+        also ``"ssl_object"``, ``"peercert"``, ``"cipher"``, ``"compression"`` and
+        ``"alpn_protocol"``; else ``default`` (also when the socket is closed)."""
         if self._state == CLOSED:
             return default
+        tls = getattr(self._sock, "ssl_object", None)
+        if tls is not None and name in _TLS_INFO:
+            return default if not self._sock.handshaken else _TLS_INFO[name](tls)
         if name == "socket":
-            return self._sock
+            return getattr(self._sock, "raw", self._sock)
         if name == "peername":
             return self.peer
         if name == "sockname":

@@ -18,6 +18,7 @@ __all__ = [
     "LineTooLong",
     "FrameTimeout",
     "LineTimeout",
+    "TLSError",
 ]
 
 
@@ -44,6 +45,9 @@ class CloseReason(enum.Enum):
     CONNECT_FAILED = "connect_failed"  #: an outgoing connect() failed
     CONNECT_TIMEOUT = "connect_timeout"  #: an outgoing connect() did not finish in time
     IO_ERROR = "io_error"              #: any other socket error
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"    #: the TLS handshake was refused or cut
+    TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"  #: it did not finish in time
+    TLS_ERROR = "tls_error"            #: a TLS record was refused after the handshake
 
 
 class ReactorError(Exception):
@@ -112,3 +116,8 @@ class LineTimeout(FrameTimeout):
 
     reason = CloseReason.LINE_TIMEOUT
     what = "line"
+
+
+class TLSError(ReactorError, OSError):
+    """A TLS record was refused after the handshake (a bad MAC, an unexpected message, a
+    renegotiation attempt): the connection closes with ``CloseReason.TLS_ERROR``."""

@@ -121,7 +121,8 @@ class Hub:
         "ready", "flushq", "starved", "accepting", "outq_seen",
         "ring_free", "scratch", "scratch_ring", "flat", "flat_mv", "conn_classes",
         "bytes_in", "bytes_out", "accepted_total", "closed_by_reason", "broadcast_skipped",
-        "iterations", "events", "stats_marks", "next_id",
+        "iterations", "events", "stats_marks", "next_id", "tls_handshakes", "tls_failures",
+        "_cipher",
         "attach", "forget", "call_soon", "on_forget",
     )
 
@@ -172,6 +173,9 @@ class Hub:
         self.events = 0
         self.stats_marks: list[tuple[float, dict[str, int]]] = []  # stats.py's rate marks
         self.next_id = 0
+        self.tls_handshakes = 0  # TLS handshakes completed (reactor/tls.py)
+        self.tls_failures: dict[str, int] = {}  # failed handshakes by reason (tls.failure_reason)
+        self._cipher: memoryview | None = None
         # Set by the loop: attach(sock, handler, codec, opts, counted) -> Connection, and
         # forget(obj) for an object that closed (called before its socket is closed).
         self.attach: Callable[..., Any] = _unset
@@ -179,6 +183,13 @@ class Hub:
         self.call_soon: Callable[..., Handle] = _unset  # Loop.call_soon
         # fd -> what to run when that fd's connection is forgotten
         self.on_forget: dict[int, Callable[[], None]] = {}
+
+    def cipher_buffer(self) -> memoryview:
+        """The loop's buffer for TLS ciphertext on its way into an SSL object (tls.py), made
+        when the first TLS connection needs it."""
+        if self._cipher is None:
+            self._cipher = memoryview(bytearray(64 * 1024))
+        return self._cipher
 
     def take_ring(self) -> RingBuffer:
         """An empty ring for a connection that is about to hold bytes."""

@@ -22,7 +22,7 @@ from .address import format_address
 from .connstate import (CLOSED, CLOSING, CONNECTING, DRAINED, F_BLOCKED, F_FLUSH, F_HIGH,
                         LINGER, OPEN, P_BACKPRESSURE, P_EOF, P_FIN, P_USER,
                         _STATE_NAMES, ConnectionHalf)
-from .errors import CloseReason, FrameTimeout
+from .errors import CloseReason, FrameTimeout, TLSError
 
 
 __all__ = ["Lifecycle"]
@@ -50,8 +50,12 @@ class Lifecycle(ConnectionHalf):
 
     def _opened(self) -> None:
         """Established (accepted, or the connect finished): arm the idle and heartbeat
-        checks and tell the handler."""
+        checks and tell the handler. With TLS, the handshake comes first (``_tls_begin``)
+        and this runs again when it is done."""
         opts = self._opts
+        if opts.ssl is not None and not getattr(self._sock, "handshaken", False):
+            self._tls_begin(opts.ssl)
+            return
         if opts.idle_timeout_s > 0 or opts.heartbeat_s > 0:
             now = self._hub.now
             self._hub.wheel.rearm_coarse(self, self._next_check(now) - now)
@@ -202,7 +206,9 @@ class Lifecycle(ConnectionHalf):
             self._finish_close()
             return
         # A peer that never reads must not hold a closing connection forever.
-        self._hub.wheel.rearm_coarse(self, self._opts.close_timeout_s)
+        opts = self._opts
+        self._hub.wheel.rearm_coarse(
+            self, opts.close_timeout_s if opts.ssl is None else opts.ssl_shutdown_timeout_s)
         if not self._flags & (F_FLUSH | F_BLOCKED):
             self._flags |= F_FLUSH
             self._hub.flushq.append(self)
@@ -271,6 +277,7 @@ class Lifecycle(ConnectionHalf):
         reason = (
             CloseReason.PEER_RESET
             if isinstance(exc, (ConnectionError, BrokenPipeError))
+            else CloseReason.TLS_ERROR if isinstance(exc, TLSError)
             else CloseReason.IO_ERROR
         )
         if self._reason is None or self._state < CLOSING:
@@ -329,6 +336,9 @@ class Lifecycle(ConnectionHalf):
             queued = int.from_bytes(buf, sys.byteorder)
         except OSError:
             queued = 0
+        # TLS: ciphertext (more bytes than the plaintext it holds), plus what the SSL object
+        # took in already; the read path ends the drain at the first short read (EAGAIN).
+        queued += getattr(self._sock, "buffered", 0)
         self._drain_left = queued
         self._deliver()
         if self._state != OPEN:
@@ -346,11 +356,22 @@ class Lifecycle(ConnectionHalf):
     # ----------------------------------------------------------------- helpers
 
     def _finish_connect(self) -> None:
+        """An event while CONNECTING: the outgoing connect finished, or (TLS) the handshake
+        can take a step."""
+        if getattr(self._sock, "handshaking", False):
+            self._tls_step()
+            return
         err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._connect_failed(OSError(err, os.strerror(err)))
             return
         self._hub.wheel.cancel(self)  # the connect timeout
+        self._established()
+
+    def _established(self) -> None:
+        """Open now: tell the handler, send what was queued meanwhile, and read what came
+        (edge-triggered: bytes that arrived with the connect or the handshake raise no new
+        edge)."""
         self._state = OPEN
         self._opened()
         if self._state == OPEN and (self._tx or self._out is not None):
@@ -365,9 +386,65 @@ class Lifecycle(ConnectionHalf):
         self._teardown(CloseReason.CONNECT_FAILED)
 
     def _connect_timed_out(self) -> None:
-        if self._state == CONNECTING:
-            self.error = TimeoutError("connect timed out")
-            self._teardown(CloseReason.CONNECT_TIMEOUT)
+        if self._state != CONNECTING:
+            return
+        if getattr(self._sock, "handshaking", False):
+            self._tls_failed(TimeoutError(
+                f"TLS handshake not done in {self._opts.ssl_handshake_timeout_s:g} s"),
+                CloseReason.TLS_HANDSHAKE_TIMEOUT)
+            return
+        self.error = TimeoutError("connect timed out")
+        self._teardown(CloseReason.CONNECT_TIMEOUT)
+
+    # -------------------------------------------------------------------- TLS
+
+    def _tls_begin(self, context: Any) -> None:
+        """Wrap the socket (an accepted one, server side; an outgoing one was wrapped by
+        ``Loop.connect``) and start the handshake: CONNECTING until it is done, under its
+        timeout."""
+        from .tls import TLSSocket  # ssl is imported only by services that use TLS
+
+        sock = self._sock
+        if not isinstance(sock, TLSSocket):
+            sock = self._sock = TLSSocket(sock, context, True, None, self._hub.cipher_buffer())
+        self._state = CONNECTING
+        self._hub.wheel.rearm_coarse(self, self._opts.ssl_handshake_timeout_s)
+        sock.handshaking = True
+        self._tls_step()
+
+    def _tls_client(self, server_hostname: str | None) -> None:
+        """``Loop.connect`` with TLS: the client side of the handshake, which begins once
+        the TCP connect is done (``_finish_connect`` -> ``_opened`` -> ``_tls_begin``)."""
+        from .tls import TLSSocket
+
+        ctx = self._opts.ssl
+        self._sock = TLSSocket(self._sock, ctx, False, server_hostname,
+                               self._hub.cipher_buffer())
+
+    def _tls_step(self) -> None:
+        try:
+            done = self._sock.handshake()
+        except OSError as exc:  # ssl.SSLError is one
+            self._tls_failed(exc, CloseReason.TLS_HANDSHAKE_FAILED)
+            return
+        if done:
+            self._hub.tls_handshakes += 1
+            self._hub.wheel.cancel(self)  # the handshake timeout
+            self._established()
+        elif not self._hub.edge:
+            self._sync_interest()
+
+    def _tls_failed(self, exc: OSError, reason: CloseReason) -> None:
+        """A handshake that failed: counted by its reason, one log line, no traceback."""
+        from .tls import failure_reason
+
+        why = failure_reason(exc)
+        failures = self._hub.tls_failures
+        failures[why] = failures.get(why, 0) + 1
+        log.info("connection %s %s: TLS handshake failed (%s): %s", self.id,
+                 format_address(self.peer), why, exc)
+        self.error = exc.with_traceback(None)
+        self._teardown(reason)
 
     def _call(self, name: str, *args: Any) -> None:
         """Run a handler callback; an exception closes this connection only."""
@@ -387,8 +464,12 @@ class Lifecycle(ConnectionHalf):
     def _sync_interest(self) -> None:
         """Level-triggered mode only: make the selector's interest match our state."""
         st = self._state
-        reading = (st == OPEN and not self._pause) or st == LINGER
-        writing = st == CONNECTING or (bool(self._flags & F_BLOCKED) and st <= CLOSING)
+        sock = self._sock
+        if st == CONNECTING and getattr(sock, "handshaking", False):
+            reading, writing = True, sock.want_write  # a TLS handshake: the peer's next flight
+        else:
+            reading = (st == OPEN and not self._pause) or st == LINGER
+            writing = st == CONNECTING or (bool(self._flags & F_BLOCKED) and st <= CLOSING)
         fd = self._sock.fileno() if st != CLOSED else -1
         if fd >= 0:  # -1: not polled (an in-memory socket, Loop.adopt)
             self._hub.selector.set_interest(fd, reading, writing)

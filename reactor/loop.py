@@ -212,11 +212,9 @@ class Loop:
     # ---------------------------------------------------------------- signals
 
     def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` on the loop when ``sig`` arrives. Main thread only.
-
-        The C-level handler writes the signal number to a socketpair given to
-        ``signal.set_wakeup_fd``, so a sleeping poll returns at once.
-        """
+        """Run ``callback(*args)`` on the loop when ``sig`` arrives. Main thread only. The
+        C-level handler writes the signal number to a socketpair given to
+        ``signal.set_wakeup_fd``, so a sleeping poll returns at once."""
         self._signals.add(sig, callback, args)
 
     def remove_signal_handler(self, sig: int) -> bool:
@@ -289,16 +287,17 @@ class Loop:
         codec_factory: Callable[[], Codec],
         *,
         timeout_s: float = 10.0,
+        server_hostname: str | None = None,
         options: ConnectionOptions | None = None,
         **option_kwargs: Any,
     ) -> Connection:
         """Open an outgoing connection; returns at once with the Connection.
 
-        ``on_connect`` runs when it is established; on failure or after
-        ``timeout_s`` the handler gets ``on_close`` with CONNECT_FAILED or
-        CONNECT_TIMEOUT and ``conn.error`` says why. Bytes sent before the
-        connection is up are queued. Host names are resolved here (blocking):
-        pass numeric addresses on a busy loop."""
+        ``on_connect`` runs when it is established (with ``ssl=context``: after the TLS
+        handshake, whose name check and SNI use ``server_hostname``, by default the host);
+        on failure or after ``timeout_s`` the handler gets ``on_close`` with CONNECT_FAILED
+        or CONNECT_TIMEOUT and ``conn.error`` says why. Bytes sent before the connection is
+        up are queued. Host names are resolved here (blocking): pass numeric addresses."""
         opts = ConnectionOptions.given(options, option_kwargs)
         sock, target = outgoing_socket(address)
         if sock.family != socket.AF_UNIX:
@@ -307,6 +306,9 @@ class Loop:
         hub = self.hub
         conn = Connection(hub, sock, handler_factory(), codec_factory(), opts, target,
                           hub.new_id(), connecting=True)
+        if opts.ssl is not None:
+            conn._tls_client(server_hostname or (address[0] if isinstance(address, tuple)
+                                                 else None))
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
             self._own(sock.fileno(), conn)
             hub.nconns += 1
@@ -579,10 +581,8 @@ class Loop:
         self._closed = True
 
     def close_after_fork(self) -> None:
-        """In a child made by ``os.fork()``: drop the parent's loop fds without side effects.
-
-        The child must build its own Loop; signal dispositions stay as they are.
-        """
+        """In a child made by ``os.fork()``: drop the parent's loop fds without side effects
+        (the child builds its own Loop; signal dispositions stay as they are)."""
         for obj in [o for o in self._fdmap if o is not None]:
             sock = getattr(obj, "_sock", None)
             if sock is not None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - ssl is imported only where TLS is used (reactor/tls.py)
+    import ssl
 
 __all__ = ["ConnectionOptions"]
 
@@ -32,12 +35,23 @@ class ConnectionOptions:
     #: Over the high watermark with no byte taken by the peer for this long: a slow
     #: consumer, aborted (the write deadline; 0 = only max_send_buffer ends it).
     write_timeout_s: float = 0.0
+    #: TLS (reactor/tls.py): the context a listener's connections are served with (server
+    #: side) or a connect is made with (client side); None: plaintext.
+    ssl: ssl.SSLContext | None = None
+    #: A TLS handshake not finished by then closes the connection (asyncio's default).
+    ssl_handshake_timeout_s: float = 60.0
+    #: A graceful close of a TLS connection (its flush and close_notify) not done by then is
+    #: aborted; it replaces close_timeout_s for TLS connections (asyncio's default).
+    ssl_shutdown_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout_s", "heartbeat_s", "linger_s", "close_timeout_s",
                      "frame_timeout_s", "write_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        for name in ("ssl_handshake_timeout_s", "ssl_shutdown_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
         if not 0 <= self.low_water <= self.high_water:
             raise ValueError(
                 f"need 0 <= low_water <= high_water, got {self.low_water} and {self.high_water}"

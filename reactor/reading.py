@@ -200,6 +200,8 @@ class Reading(ConnectionHalf):
             try:
                 n = self._sock.recv_into(view, want)
             except (BlockingIOError, InterruptedError):
+                if hub.shutting_down and self._drain_left > 0:
+                    self._drain_done()  # TLS: the quota counted ciphertext; all was read
                 return
             except OSError as exc:
                 self._fail(exc)
@@ -267,7 +269,7 @@ class Reading(ConnectionHalf):
                 return
             if hub.shutting_down and self._drain_left >= 0:
                 self._drain_left -= n
-                if self._drain_left == 0:
+                if self._drain_left == 0 or n < want:  # short: what was queued is read
                     self._drain_done()
                     return
             if n < want and not self._flags & F_HUP:
@@ -314,6 +316,8 @@ class Reading(ConnectionHalf):
         except (BlockingIOError, InterruptedError):
             rx.commit(0)
             self._drop_rx_if_empty()
+            if hub.shutting_down and self._drain_left > 0:
+                self._drain_done()  # TLS: the quota counted ciphertext; all was read
             return -1
         except OSError as exc:
             rx.commit(0)
@@ -334,7 +338,7 @@ class Reading(ConnectionHalf):
             self._partial_began()
         if hub.shutting_down and self._drain_left >= 0:
             self._drain_left -= n
-            if self._drain_left == 0:
+            if self._drain_left == 0 or n < want:  # short: what was queued is read
                 self._drain_done()
                 return -1
         if n < want and not self._flags & F_HUP:

@@ -127,6 +127,8 @@ def loop_stats(loop: LoopView) -> dict[str, Any]:
         "timers": {"entries": wheel.timers, "expired": wheel.fired_total,
                    "scheduled": wheel.scheduled_total, "cancelled": wheel.cancelled_total},
         "lag": {"p50_s": wheel.lag_p50_s, "p99_s": wheel.lag_p99_s},
+        "tls": {"handshakes_total": hub.tls_handshakes,
+                "handshake_failures": dict(sorted(hub.tls_failures.items()))},
         "listeners": [_listener_doc(lst) for lst in listeners],
         "shutting_down": loop.shutting_down,
         "rss_bytes": _own_rss(),
@@ -236,6 +238,7 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     bound: dict[str, int] = {}
     timers: dict[str, int] = {}
     lag = {"p50_s": 0.0, "p99_s": 0.0}
+    tls = {"handshakes_total": 0, "handshake_failures": {}}
     listeners: list[Any] = []
     top: list[dict[str, Any]] = []
     for d in docs:
@@ -248,6 +251,10 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 dst[k] = dst.get(k, 0) + v
         for k in lag:
             lag[k] = max(lag[k], d.get("lag", {}).get(k, 0.0))
+        t = d.get("tls", {})
+        tls["handshakes_total"] += t.get("handshakes_total", 0)
+        for k, v in t.get("handshake_failures", {}).items():
+            tls["handshake_failures"][k] = tls["handshake_failures"].get(k, 0) + v
         listeners += d.get("listeners", [])
         top += [{**c, "worker": d.get("pid")} for c in d.get("top", [])]
     for k in _SUMMED:
@@ -265,5 +272,5 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
                                    for d in docs)
         bound["per_connection_bytes"] = 2 * bound["share_bytes"]
     return {**total, "closed": closed, "chunks": chunks, "pool": pool, "paused": paused,
-            "memory_bound": bound, "timers": timers, "lag": lag,
+            "memory_bound": bound, "timers": timers, "lag": lag, "tls": tls,
             "listeners": listeners, "top": top[:TOP_N]}
