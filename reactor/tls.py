@@ -169,6 +169,12 @@ class TLSSocket:
                 done = True
             except ssl.SSLWantReadError:
                 done = False
+            except ssl.SSLError:
+                try:  # the alert that says why goes out before the socket closes
+                    self._flush_out()
+                except OSError:
+                    pass
+                raise
             self._flush_out()
             if done:
                 self.handshaking, self.handshaken = False, True

@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,6 +17,8 @@ import pytest
 
 from tests.conftest import (LINE_ECHO, ROOT, connect_many_expect_refusals, cpu_ticks, echo_each,
                             echo_ok, recv_exactly, recv_until_eof, rss_bytes, wait_for)
+
+CERTS = os.path.join(os.path.dirname(__file__), "..", "certs")
 
 
 def test_listening_line_and_default_address(daemon):
@@ -370,6 +373,12 @@ def test_stats_socket_answers_json_with_mode_0600(daemon, tmp_path):
     (["--timer-grain", "-0.01"], "--timer-grain"),
     (["--timer-grain", "1e300"], "--timer-grain"),  # connection timers that never fire
     (["--bogus"], "--bogus"),
+    (["--tls-key", "k.pem"], "need --tls-cert"),
+    (["--tls-cert", "/nonexistent.pem"], "cannot load the TLS certificate"),
+    (["--tls-cert", os.path.join(CERTS, "server.pem"), "--tls-key",
+      os.path.join(CERTS, "client.key")], "KEY_VALUES_MISMATCH"),
+    (["--tls-cert", os.path.join(CERTS, "server.pem"), "--tls-verify-client"], "--tls-ca"),
+    (["--tls-handshake-timeout", "0"], "--tls-handshake-timeout"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, needle):
     r = subprocess.run([*LINE_ECHO, *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
@@ -377,6 +386,57 @@ def test_bad_arguments_exit_2_with_one_line(args, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("line-echo: error:")
     assert r.stdout == ""
+
+
+def _tls_client(address, **kw):
+    ctx = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+    if kw:
+        ctx.load_cert_chain(kw["cert"], kw["key"])
+    raw = socket.create_connection(address, timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_tls_echo_and_a_plaintext_client_refused(daemon, tmp_path):
+    """--tls-cert/--tls-key: the same echo contract over TLS (every byte of 1 MiB of lines,
+    CRs kept); a plaintext client gets no echo and is closed, counted in the stats document
+    with the reason OpenSSL gave, and logged in one line."""
+    from reactor import read_stats
+
+    stats = str(tmp_path / "stats.sock")
+    d = daemon("--tls-cert", os.path.join(CERTS, "server.pem"),
+               "--tls-key", os.path.join(CERTS, "server.key"), "--stats-socket", stats)
+    payload = b"".join(b"tls %07d\r\n" % i for i in range(80000))
+    with _tls_client(d.address) as s:
+        t = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
+        t.start()
+        got = recv_exactly(s, len(payload), timeout=30)
+        t.join(30)
+    assert got == payload
+    with socket.create_connection(d.address, timeout=10) as plain:
+        plain.sendall(b"hello\n")
+        assert b"hello" not in recv_until_eof(plain)
+    doc = wait_for(lambda: (lambda s: s if s["closed"]["tls_handshake_failed"] else None)(
+        read_stats(stats)), what="the refusal counted")
+    assert doc["tls"]["handshake_failures"] == {"wrong_version_number": 1}
+    assert doc["tls"]["handshakes_total"] == 1
+    d.signal()
+    assert d.wait() == 0
+    log = [ln for ln in d.stderr_text().splitlines() if "TLS handshake failed" in ln]
+    assert len(log) == 1 and "(wrong_version_number)" in log[0], log
+
+
+def test_tls_verify_client_requires_a_certificate(daemon):
+    d = daemon("--tls-cert", os.path.join(CERTS, "server.pem"),
+               "--tls-key", os.path.join(CERTS, "server.key"),
+               "--tls-ca", os.path.join(CERTS, "ca.pem"), "--tls-verify-client")
+    with _tls_client(d.address, cert=os.path.join(CERTS, "client.pem"),
+                     key=os.path.join(CERTS, "client.key")) as s:
+        s.sendall(b"with a certificate\n")
+        assert recv_exactly(s, 19) == b"with a certificate\n"
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):  # the alert says why
+        with _tls_client(d.address) as s:  # TLS 1.3: refused on the first read
+            s.sendall(b"without\n")
+            s.recv(100)
 
 
 def test_port_in_use_exits_1_with_one_line(daemon):

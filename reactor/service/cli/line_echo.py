@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from handlers.echo import ERR_SERVER_FULL, ERR_TOO_MANY_FROM_ADDRESS, LineEchoHandler
 from handlers.line import LineCodec
@@ -26,6 +26,7 @@ _at_least_one = number(int, 1, what="integer")
 _zero_or_more = number(int, 0, what="integer")
 _per_second = number(float, 0, what="rate")
 _seconds = number(float, 0, what="number of seconds")
+_positive_seconds = number(float, 0, strict=True, what="number of seconds")
 _grain = number(float, 0, maximum=1.0, what="number of seconds")  # later than that: a bug
 _port = number(int, 0, maximum=65535, what="port")
 _DEFAULTS = ConnectionOptions()
@@ -40,6 +41,26 @@ def _level(text: str) -> str:
     return text.lower()
 
 
+def _tls_context(args: argparse.Namespace) -> Any:
+    """The server context --tls-* ask for (None without --tls-cert); ValueError in one line
+    for flags that do not go together or files that cannot be loaded."""
+    if args.tls_cert is None:
+        if args.tls_key or args.tls_ca or args.tls_verify_client:
+            raise ValueError("--tls-key, --tls-ca and --tls-verify-client need --tls-cert")
+        return None
+    if args.tls_verify_client and not args.tls_ca:
+        raise ValueError("--tls-verify-client needs --tls-ca (the CAs client certificates "
+                         "chain to)")
+    from reactor.tls import server_context  # ssl only for a TLS service
+
+    try:
+        return server_context(args.tls_cert, args.tls_key, cafile=args.tls_ca,
+                              verify_client=args.tls_verify_client)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        what = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ValueError(f"cannot load the TLS certificate or key: {what}") from None
+
+
 def _options(args: argparse.Namespace) -> ConnectionOptions:
     # Reading pauses at the high watermark (64 KiB by default), which must not exceed the
     # hard limit: a smaller --max-send-buffer brings the watermarks down with it.
@@ -47,7 +68,9 @@ def _options(args: argparse.Namespace) -> ConnectionOptions:
     return ConnectionOptions(idle_timeout_s=args.idle_timeout, heartbeat_s=args.heartbeat,
                              frame_timeout_s=args.line_timeout,
                              write_timeout_s=args.write_timeout, high_water=high,
-                             low_water=high // 4, max_send_buffer=args.max_send_buffer)
+                             low_water=high // 4, max_send_buffer=args.max_send_buffer,
+                             ssl=_tls_context(args),
+                             ssl_handshake_timeout_s=args.tls_handshake_timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "worker)")
     stats.add_argument("--no-stats-socket", action="store_true",
                        help="serve no stats socket at all")
+    p.add_argument("--tls-cert", metavar="PATH",
+                   help="serve TLS with this certificate chain (PEM); plaintext clients get "
+                        "no echo and are closed")
+    p.add_argument("--tls-key", metavar="PATH",
+                   help="its private key (PEM; default: in the --tls-cert file)")
+    p.add_argument("--tls-ca", metavar="PATH",
+                   help="CA certificates (PEM) that client certificates must chain to")
+    p.add_argument("--tls-verify-client", action="store_true",
+                   help="require a client certificate chaining to --tls-ca")
+    p.add_argument("--tls-handshake-timeout", type=_positive_seconds, default=60.0,
+                   metavar="SEC", help="close a TLS handshake not done in SEC seconds "
+                                       "(default 60)")
     p.add_argument("--backlog", type=_at_least_one, default=1024, metavar="N",
                    help="listen backlog (default 1024; the kernel caps it at somaxconn)")
     p.add_argument("--log-level", type=_level, default="info", metavar="LEVEL",
@@ -111,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     address = args.unix if args.unix else (args.host, args.port)
+    try:
+        options = _options(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     config = ServerConfig(
         address=address,
         workers=args.workers,
@@ -123,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_timeout_s=args.drain_timeout,
         stats_socket=args.stats_socket,
         stats=not args.no_stats_socket,
-        options=_options(args),
+        options=options,
         max_buffer_bytes=args.max_buffer_memory,
         timer_grain_s=args.timer_grain,
     )
