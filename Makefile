@@ -21,7 +21,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/line-echo --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed
+# tests/integration/test_haproxy.py runs a real HAProxy from the distribution: installed here
+# when it is missing and we may (root with apt-get, as on CI's fresh machines; ~6 s).
+.PHONY: haproxy
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    echo "make: installing haproxy (apt-get) for tests/integration/test_haproxy.py" && \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } || \
+	  echo "make: haproxy is not installed and cannot be installed here: test_haproxy.py will fail"
+
+test: $(VENV)/.installed haproxy
 	$(BIN)/python -m pytest -q
 
 # The benchmark (tools/bench.py, docs/performance.md): installs the bench extra (uvloop), then

@@ -222,12 +222,15 @@ class Connection(Reading, Lifecycle, TimerEntry):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """As asyncio's transports: ``"socket"``, ``"peername"`` or ``"sockname"``; over TLS
         also ``"ssl_object"``, ``"peercert"``, ``"cipher"``, ``"compression"`` and
-        ``"alpn_protocol"``; else ``default`` (also when the socket is closed)."""
+        ``"alpn_protocol"``; ``"proxy_header"``, the PROXY protocol header it came with
+        (its TLVs included); else ``default`` (also when the socket is closed)."""
         if self._state == CLOSED:
             return default
         tls = getattr(self._sock, "ssl_object", None)
         if tls is not None and name in _TLS_INFO:
             return default if not self._sock.handshaken else _TLS_INFO[name](tls)
+        if name == "proxy_header":
+            return self._x.proxy if self._x is not None else default
         if name == "socket":
             return getattr(self._sock, "raw", self._sock)
         if name == "peername":

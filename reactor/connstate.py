@@ -99,7 +99,7 @@ B_NONE, B_RING, B_FLAT, B_ECHO = 0, 1, 2, 3
 class _Extra:
     """What a connection sets rarely: kept apart so that most connections never pay for it."""
 
-    __slots__ = ("reason", "error", "user_data", "peer", "drain_left", "id")
+    __slots__ = ("reason", "error", "user_data", "peer", "drain_left", "id", "proxy")
 
     def __init__(self) -> None:
         self.drain_left = NOT_DRAINING
@@ -108,6 +108,7 @@ class _Extra:
         self.error: OSError | None = None
         self.user_data: Any = None
         self.peer: Any = None
+        self.proxy: Any = None  # the PROXY header it came with (proxy_protocol.ProxyHeader)
 
 
 class _InExtra:

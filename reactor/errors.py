@@ -48,6 +48,7 @@ class CloseReason(enum.Enum):
     TLS_HANDSHAKE_FAILED = "tls_handshake_failed"    #: the TLS handshake was refused or cut
     TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"  #: it did not finish in time
     TLS_ERROR = "tls_error"            #: a TLS record was refused after the handshake
+    PROXY_PROTOCOL = "proxy_protocol"  #: refused before the connection: no valid PROXY header
 
 
 class ReactorError(Exception):

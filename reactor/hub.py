@@ -123,7 +123,7 @@ class Hub:
         "bytes_in", "bytes_out", "accepted_total", "closed_by_reason", "broadcast_skipped",
         "iterations", "events", "stats_marks", "next_id", "tls_handshakes", "tls_failures",
         "_cipher",
-        "attach", "forget", "call_soon", "on_forget",
+        "attach", "forget", "watch", "call_soon", "on_forget",
     )
 
     def __init__(self, clock: Clock, wheel: TimerWheel, selector: EdgeSelector | LevelSelector,
@@ -180,6 +180,9 @@ class Hub:
         # forget(obj) for an object that closed (called before its socket is closed).
         self.attach: Callable[..., Any] = _unset
         self.forget: Callable[[Any], None] = _unset
+        # watch(fd, obj): register fd for read edges, dispatched to obj (an accepted socket
+        # that is not a connection yet: preamble.py); hub.forget(obj) undoes it.
+        self.watch: Callable[[int, Any], None] = _unset
         self.call_soon: Callable[..., Handle] = _unset  # Loop.call_soon
         # fd -> what to run when that fd's connection is forgotten
         self.on_forget: dict[int, Callable[[], None]] = {}

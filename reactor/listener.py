@@ -41,17 +41,20 @@ import math
 import os
 import resource
 import socket
+import struct
 import _socket
 from typing import TYPE_CHECKING, Any, Callable
 
 from .address import format_address
 from .errors import CloseReason
+from .preamble import ProxyPreamble
 
 if TYPE_CHECKING:  # pragma: no cover
     from .clock import Clock
     from .connection import ConnectionOptions
     from .hub import Hub
     from .protocols import Codec, Handler
+    from .proxy_protocol import ProxyHeader
 
 __all__ = ["Listener", "FdReserve", "TokenBucket", "raise_fd_limit", "default_max_conns",
            "FD_RESERVE"]
@@ -65,6 +68,7 @@ _PEER_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
                           errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
 _RETRY_S = 0.1
 _WARN_EVERY_S = 10.0
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 # Float time falls short: 100.1 - 100.0 is 0.0999999999999943, so the token a timer
 # was set for must count as there a hair early.
 _TOKEN_EPS = 1e-9
@@ -205,6 +209,7 @@ class Listener:
         "accepted_total", "rejected_total", "fd_exhausted_total", "_closed", "on_close",
         "max_conns_per_ip", "per_ip_reject_message", "_per_ip", "per_ip_rejected_total",
         "accept_rate", "_bucket", "accept_pauses_total",
+        "_preambles", "proxy_accepted_total", "proxy_refused",
     )
 
     def __init__(
@@ -260,6 +265,11 @@ class Listener:
         self._closed = False
         #: Called once after close() (e.g. to remove files that advertise the listener).
         self.on_close: Callable[[], None] | None = None
+        # opts.proxy_protocol: accepted sockets waiting for their PROXY header (preamble.py),
+        # by fd; headers taken, and sockets refused by reason (``proxy_protocol`` in stats).
+        self._preambles: dict[int, ProxyPreamble] = {}
+        self.proxy_accepted_total = 0
+        self.proxy_refused: dict[str, int] = {}
 
     def fileno(self) -> int:
         return self._fd
@@ -272,6 +282,9 @@ class Listener:
         if self._retry is not None:
             self._hub.wheel.cancel(self._retry)
         self._hub.forget(self)
+        for pre in list(self._preambles.values()):  # not connections yet: nothing to drain
+            self._end_preamble(pre)
+            pre.sock.close()
         path = self.address if self.family == socket.AF_UNIX else None
         self._sock.close()
         self._reserve.close()
@@ -296,7 +309,10 @@ class Listener:
         accept = self._sock._accept  # type: ignore[attr-defined]  # fd, addr: no socket object yet
         hub = self._hub
         bucket = self._bucket
-        per_ip = self.max_conns_per_ip
+        proxied = self.options.proxy_protocol
+        # Behind a load balancer every socket comes from it: the client's address is known
+        # only from the PROXY header, and the per-address cap is applied then.
+        per_ip = 0 if proxied else self.max_conns_per_ip
         for _ in range(self.accept_budget):
             if bucket is not None and not bucket.take():
                 self.accept_pauses_total += 1  # the backlog holds the rest until a token is due
@@ -319,8 +335,11 @@ class Listener:
                           format_address(self.address), exc, _RETRY_S)
                 self._pause()
                 return
-            if self.counted and hub.nconns >= self.max_conns:
+            if self.counted and hub.nconns + len(self._preambles) >= self.max_conns:
                 self._reject(fd, CloseReason.SERVER_FULL, self.reject_message)
+                continue
+            if proxied:
+                self._begin_preamble(fd, addr)
                 continue
             if per_ip and not self._take_ip_slot(fd, addr[0]):
                 continue
@@ -333,7 +352,7 @@ class Listener:
                 return
         hub.accepting.append(self)  # budget spent; the queue may hold more (no new edge)
 
-    def _admit(self, fd: int, addr: Any) -> bool:
+    def _admit(self, fd: int, addr: Any, proxy: ProxyHeader | None = None) -> bool:
         """Make the accepted ``fd`` a connection (``Hub.attach``); False if it was refused."""
         try:
             # The C socket type, not socket.socket: the same methods without the Python
@@ -354,8 +373,64 @@ class Listener:
                       format_address(self.address), format_address(addr), exc, exc_info=exc)
             sock.close()
             return False
-        self._hub.attach(sock, handler, codec, opts, self.counted)
+        self._hub.attach(sock, handler, codec, opts, self.counted, proxy=proxy)
         return True
+
+    # -- the PROXY protocol (preamble.py) -----------------------------------------------
+
+    def _begin_preamble(self, fd: int, addr: Any) -> None:
+        try:
+            sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(False)
+        except OSError:  # pragma: no cover
+            os.close(fd)
+            return
+        pre = ProxyPreamble(sock, addr, self._hub, self._preamble_done, self._preamble_refused)
+        self._preambles[fd] = pre
+        hub = self._hub
+        hub.watch(fd, pre)  # a header already there raises its edge at the next poll
+        pre.timer = hub.wheel.call_later(self.options.proxy_timeout_s, self._preamble_refused,
+                                         pre, "timeout")
+
+    def _end_preamble(self, pre: ProxyPreamble) -> None:
+        del self._preambles[pre.fileno()]
+        self._hub.forget(pre)
+        for timer in (pre.timer, pre.retry):
+            if timer is not None:
+                self._hub.wheel.cancel(timer)
+
+    def _preamble_done(self, pre: ProxyPreamble, header: ProxyHeader) -> None:
+        """The header is taken: admit the connection as the client it names (a LOCAL or
+        UNKNOWN header names none: the balancer's own connection, e.g. a health check)."""
+        self._end_preamble(pre)
+        self.proxy_accepted_total += 1
+        fd = pre.sock.detach()
+        src = header.source
+        per_ip = self.max_conns_per_ip and isinstance(src, tuple)
+        if per_ip and not self._take_ip_slot(fd, src[0]):  # type: ignore[index]
+            return
+        self.accepted_total += 1
+        if not self._admit(fd, pre.addr, header) and per_ip:
+            give_back = self._hub.on_forget.pop(fd, None)
+            if give_back is not None:
+                give_back()
+
+    def _preamble_refused(self, pre: ProxyPreamble, why: str, exc: Any = None) -> None:
+        """No valid header: counted by reason, one log line, closed (nothing was read)."""
+        if pre.fileno() not in self._preambles:
+            return  # already handed over or refused
+        self._end_preamble(pre)
+        self.proxy_refused[why] = self.proxy_refused.get(why, 0) + 1
+        self.rejected_total += 1
+        self._hub.count_close(CloseReason.PROXY_PROTOCOL)
+        log.info("listener %s: connection from %s refused: no valid PROXY header (%s)%s",
+                 format_address(self.address), format_address(pre.addr), why,
+                 f": {exc}" if exc is not None else "")
+        try:
+            pre.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        except OSError:  # pragma: no cover
+            pass
+        pre.sock.close()  # a reset: what it sent is not ours to read
 
     def _take_ip_slot(self, fd: int, host: str) -> bool:
         """Count one more connection from ``host``, to be given back when it closes;

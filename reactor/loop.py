@@ -123,8 +123,7 @@ class Loop:
         #: What connections and listeners share with this loop (reactor/hub.py).
         self.hub = hub = Hub(self._clock, self._wheel, self._selector, pool, read_budget,
                              self._read_size, read_reserve, dict.fromkeys(CloseReason, 0))
-        hub.attach = self._attach
-        hub.forget = self._forget
+        hub.attach, hub.forget, hub.watch = self._attach, self._forget, self._register
         hub.call_soon = self.call_soon
         # Who owns each registered fd, indexed by the fd: a list, not a dict, because fds
         # are small dense ints (no hash entry and no key object per connection).
@@ -355,16 +354,17 @@ class Loop:
         self._selector.register(fd, True, writing)
 
     def _attach(self, sock: Any, handler: Handler, codec: Codec, opts: ConnectionOptions,
-                counted: bool, accepted: bool = True) -> Connection:
-        """``Hub.attach``: an accepted, tuned socket becomes a registered Connection; the
-        handler's on_connect has run when this returns the Connection."""
+                counted: bool, accepted: bool = True, proxy: Any = None) -> Connection:
+        """``Hub.attach``: an accepted socket (and the PROXY header it came with, whose source
+        is its peer) becomes a registered Connection, on_connect run when this returns it."""
         hub = self.hub
-        # The address accept() returned is not kept (140 bytes per connection):
-        # conn.peer asks the kernel when someone wants it. The id is drawn when first asked.
+        # The address accept() returned is not kept (140 bytes per connection): conn.peer
+        # asks the kernel when someone wants it. The id is drawn when first asked.
         conn = (Connection if counted else _UncountedConnection)(
-            hub, sock, handler, codec, opts, None, 0)
-        # ET: an fd already readable when added raises its edge at once, so bytes
-        # that came with the handshake are not missed.
+            hub, sock, handler, codec, opts, None if proxy is None else proxy.source, 0)
+        if proxy is not None:
+            conn._extra().proxy = proxy
+        # ET: an fd already readable when added raises its edge at once: no byte is missed.
         fd = sock.fileno()
         if fd >= 0:
             self._register(fd, conn, writing=self._edge)

@@ -43,13 +43,19 @@ class ConnectionOptions:
     #: A graceful close of a TLS connection (its flush and close_notify) not done by then is
     #: aborted; it replaces close_timeout_s for TLS connections (asyncio's default).
     ssl_shutdown_timeout_s: float = 30.0
+    #: Every accepted connection must begin with a PROXY protocol header (v1 or v2, from a
+    #: load balancer such as HAProxy); its address becomes the connection's peer. One that
+    #: sends anything else, or no complete header within proxy_timeout_s, is closed
+    #: (listener.py, preamble.py). Only for listeners.
+    proxy_protocol: bool = False
+    proxy_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout_s", "heartbeat_s", "linger_s", "close_timeout_s",
                      "frame_timeout_s", "write_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
-        for name in ("ssl_handshake_timeout_s", "ssl_shutdown_timeout_s"):
+        for name in ("ssl_handshake_timeout_s", "ssl_shutdown_timeout_s", "proxy_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
         if not 0 <= self.low_water <= self.high_water:

@@ -129,6 +129,7 @@ def loop_stats(loop: LoopView) -> dict[str, Any]:
         "lag": {"p50_s": wheel.lag_p50_s, "p99_s": wheel.lag_p99_s},
         "tls": {"handshakes_total": hub.tls_handshakes,
                 "handshake_failures": dict(sorted(hub.tls_failures.items()))},
+        "proxy_protocol": _proxy_doc(listeners),
         "listeners": [_listener_doc(lst) for lst in listeners],
         "shutting_down": loop.shutting_down,
         "rss_bytes": _own_rss(),
@@ -215,7 +216,18 @@ def _listener_doc(lst: Listener) -> dict[str, Any]:
         "line_timeout_s": lst.options.frame_timeout_s,
         "max_send_buffer": lst.options.max_send_buffer,
         "write_timeout_s": lst.options.write_timeout_s,
+        "proxy_protocol": lst.options.proxy_protocol,
     }
+
+
+def _proxy_doc(listeners: list[Listener]) -> dict[str, Any]:
+    """PROXY protocol listeners' books: headers taken, sockets refused by reason."""
+    refused: dict[str, int] = {}
+    for lst in listeners:
+        for k, v in lst.proxy_refused.items():
+            refused[k] = refused.get(k, 0) + v
+    return {"accepted_total": sum(lst.proxy_accepted_total for lst in listeners),
+            "rejected": dict(sorted(refused.items()))}
 
 
 # --------------------------------------------------------------- aggregation
@@ -239,6 +251,7 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     timers: dict[str, int] = {}
     lag = {"p50_s": 0.0, "p99_s": 0.0}
     tls = {"handshakes_total": 0, "handshake_failures": {}}
+    proxy: dict[str, Any] = {"accepted_total": 0, "rejected": {}}
     listeners: list[Any] = []
     top: list[dict[str, Any]] = []
     for d in docs:
@@ -255,6 +268,10 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
         tls["handshakes_total"] += t.get("handshakes_total", 0)
         for k, v in t.get("handshake_failures", {}).items():
             tls["handshake_failures"][k] = tls["handshake_failures"].get(k, 0) + v
+        p = d.get("proxy_protocol", {})
+        proxy["accepted_total"] += p.get("accepted_total", 0)
+        for k, v in p.get("rejected", {}).items():
+            proxy["rejected"][k] = proxy["rejected"].get(k, 0) + v
         listeners += d.get("listeners", [])
         top += [{**c, "worker": d.get("pid")} for c in d.get("top", [])]
     for k in _SUMMED:
@@ -273,4 +290,5 @@ def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
         bound["per_connection_bytes"] = 2 * bound["share_bytes"]
     return {**total, "closed": closed, "chunks": chunks, "pool": pool, "paused": paused,
             "memory_bound": bound, "timers": timers, "lag": lag, "tls": tls,
+            "proxy_protocol": proxy,
             "listeners": listeners, "top": top[:TOP_N]}

@@ -13,7 +13,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: The core: what an embedding service runs (docs/architecture.md, "The core").
 CORE = ("address", "broadcast", "clock", "connection", "connstate", "errors", "hub",
-        "lifecycle", "listener", "loop", "options", "pool", "protocols", "proxy_protocol", "reading", "ring",
+        "lifecycle", "listener", "loop", "options", "pool", "protocols", "preamble", "proxy_protocol", "reading", "ring",
         "selector", "sockets", "stats", "tls", "wakeup", "wheel")
 #: The testing kit (reactor/testing.py, docs/testing.md): not run by a service, but held to
 #: the core's rules (no service, no handlers, no privates of Loop or Listener).

@@ -33,6 +33,7 @@ _DEFAULTS = ConnectionOptions()
 _MAX_SEND = _DEFAULTS.max_send_buffer  # 4 MiB
 _MAX_BUFFER_MEMORY = 1 << 30  # 1 GiB: the pool's cap, split into fair shares
 _buffer_memory = number(int, 1 << 20, what="number of bytes")
+_PROXY_TIMEOUT_S = 10.0  # the PROXY header's deadline when --line-timeout is off
 
 
 def _level(text: str) -> str:
@@ -70,7 +71,10 @@ def _options(args: argparse.Namespace) -> ConnectionOptions:
                              write_timeout_s=args.write_timeout, high_water=high,
                              low_water=high // 4, max_send_buffer=args.max_send_buffer,
                              ssl=_tls_context(args),
-                             ssl_handshake_timeout_s=args.tls_handshake_timeout)
+                             ssl_handshake_timeout_s=args.tls_handshake_timeout,
+                             proxy_protocol=args.proxy_protocol,
+                             # "within the line timeout"; with none set, 10 s
+                             proxy_timeout_s=args.line_timeout or _PROXY_TIMEOUT_S)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-handshake-timeout", type=_positive_seconds, default=60.0,
                    metavar="SEC", help="close a TLS handshake not done in SEC seconds "
                                        "(default 60)")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="every connection must begin with a PROXY protocol v1 or v2 header "
+                        "(HAProxy's send-proxy/send-proxy-v2): its address is the client's, "
+                        "for logs, --max-conns-per-ip and stats; anything else, or no header "
+                        "within --line-timeout (10 s if off), is closed")
     p.add_argument("--backlog", type=_at_least_one, default=1024, metavar="N",
                    help="listen backlog (default 1024; the kernel caps it at somaxconn)")
     p.add_argument("--log-level", type=_level, default="info", metavar="LEVEL",
