@@ -2,10 +2,13 @@
 
 What every daemon built on the library needs around its handler, so CLIs stay
 thin: ``bind_sockets`` claims the address (refusing a port another process
-already holds, SO_REUSEPORT or not), ``run_server`` serves it in this process
+already holds, SO_REUSEPORT or not), or ``activated_socket`` takes the one systemd
+passed; ``run_server`` serves it in this process
 or forks ``workers`` processes that share the port and supervises them
 (restart on death, SIGTERM/SIGINT forwarded). The first SIGTERM or SIGINT
-drains gracefully within ``drain_timeout_s``; a second one ends at once.
+drains gracefully within ``drain_timeout_s``; a second one ends at once. The main
+process (the supervisor, or the only process) tells systemd it is ready, stopping and
+alive when systemd asked (systemd.py), and serves ``GET /metrics`` with ``metrics``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from ..loop import Loop
 from ..sockets import bind_listening
 from ..protocols import Codec, Handler
 from ..stats import STATS_VERSION, aggregate
+from .metrics import serve_metrics
 from .stats_socket import WholeReply, advertised_path, serve_stats
+from .systemd import Activation, SystemdLink, listen_fds
 
-__all__ = ["ServerConfig", "bind_sockets", "run_server", "format_address"]
+__all__ = ["ServerConfig", "activated_socket", "bind_sockets", "run_server", "format_address"]
 
 log = logging.getLogger("reactor")
 
@@ -67,6 +72,28 @@ class ServerConfig:
     #: Connections' timers are rounded onto a grid this far apart (Loop timer_grain_s); with
     #: workers, each worker's grid is offset by index / workers of it, so they wake in turn.
     timer_grain_s: float = 0.01
+    #: Serve ``GET /metrics`` (Prometheus) on this ``(host, port)``: in the main process; with
+    #: workers, every worker's figures under a ``worker`` label (metrics.py).
+    metrics: tuple[str, int] | None = None
+
+
+def activated_socket(name: str) -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: LISTEN_PID, LISTEN_FDS,
+    LISTEN_FDNAMES), the one named ``name`` if several; None when not activated. OSError
+    when activated with no listening stream socket among the fds. The variables are
+    removed from the environment, so workers do not take them for their own."""
+    got = listen_fds()
+    if got.status is not Activation.ACTIVATED:
+        if got.status is not Activation.NOT_ACTIVATED:
+            log.warning("socket activation ignored: %s", got.reason)
+        return None
+    usable = [s for s in got if s.socket is not None and s.is_listening
+              and s.kind == socket.SOCK_STREAM]
+    chosen = [s for s in usable if s.name == name] or usable
+    if not chosen:
+        raise OSError(f"socket activation: none of the {len(got)} fd(s) systemd passed is a "
+                      "listening stream socket")
+    return chosen[0].socket
 
 
 def bind_sockets(address: tuple[str, int] | str, workers: int = 1,
@@ -147,6 +174,7 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
     loop = Loop(chunk_size=config.chunk_size, pool_chunks=min(config.pool_chunks, max_chunks),
                 pool_max_chunks=max_chunks, timer_grain_s=grain,
                 timer_phase_s=grain * (worker or 0) / config.workers)
+    link: SystemdLink | None = None
     try:
         loop.listen(sock.getsockname(), handler_factory, codec_factory, sock=sock,
                     backlog=config.backlog, max_conns=config.max_conns,
@@ -156,6 +184,11 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
                     accept_rate=config.accept_rate, options=config.options)
         _serve_stats(loop, config, config.stats_socket if stats else
                      _worker_stats_path(config, worker or 0))
+        if worker is None:  # the main process; a worker's supervisor speaks for it
+            if config.metrics is not None:
+                serve_metrics(loop, config.metrics)
+            link = SystemdLink.from_environ(
+                loop, status=lambda: f"{loop.connection_count} connections")
         signals = {"count": 0}
 
         def on_signal(signame: str) -> None:
@@ -163,6 +196,8 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
             if signals["count"] == 1:
                 log.info("%s: draining %d connection(s) (up to %g s)", signame,
                          loop.connection_count, config.drain_timeout_s)
+                if link is not None:
+                    link.stopping(f"draining {loop.connection_count} connections")
                 loop.shutdown(config.drain_timeout_s)
             else:
                 loop.abort_all(f"second {signame}")
@@ -173,8 +208,12 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
                  loop.selector_name, f", worker {worker}" if worker is not None else "")
         if on_ready is not None:
             on_ready()
+        if link is not None:
+            link.ready()
         loop.run()
     finally:
+        if link is not None:
+            link.close()
         loop.close()
     return 0
 
@@ -195,12 +234,17 @@ class _Supervisor:
         self.stopping = False
         self.signals = 0
         self.restarts = 0
+        self.link: SystemdLink | None = None
 
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
         loop = self.loop
         try:
             _serve_stats(loop, self.config, self.config.stats_socket,
                          provider=self._gather_stats)
+            if self.config.metrics is not None:
+                serve_metrics(loop, self.config.metrics, provider=self._gather_stats)
+            self.link = SystemdLink.from_environ(
+                loop, status=lambda: f"{len(self.children)} of {self.config.workers} workers")
             if on_ready is not None:
                 on_ready()
             loop.add_signal_handler(signal.SIGCHLD, self._reap)
@@ -208,8 +252,11 @@ class _Supervisor:
                 loop.add_signal_handler(sig, self._on_signal, sig.name)
             for i in range(self.config.workers):
                 self._spawn(i)
+            self.link.ready()
             loop.run()
         finally:
+            if self.link is not None:
+                self.link.close()
             for pid in list(self.children):
                 _kill(pid, signal.SIGKILL)
             self._reap_all(block=True)
@@ -328,6 +375,8 @@ class _Supervisor:
             _kill(pid, signal.SIGTERM)
         if self.signals == 1:
             log.info("%s: stopping %d worker(s)", signame, len(self.children))
+            if self.link is not None:
+                self.link.stopping(f"stopping {len(self.children)} workers")
             self.loop.call_later(self.config.drain_timeout_s + _KILL_GRACE_S, self._kill_all)
         else:
             self.loop.call_later(1.0, self._kill_all)

@@ -16,7 +16,8 @@ from handlers.echo import ERR_SERVER_FULL, ERR_TOO_MANY_FROM_ADDRESS, LineEchoHa
 from handlers.line import LineCodec
 from reactor.service.cli._args import OneLineParser, number, parse
 from reactor.connection import ConnectionOptions
-from reactor.service.server import ServerConfig, bind_sockets, format_address, run_server
+from reactor.service.server import (ServerConfig, activated_socket, bind_sockets,
+                                   format_address, run_server)
 
 PROG = "line-echo"
 _LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -34,6 +35,13 @@ _MAX_SEND = _DEFAULTS.max_send_buffer  # 4 MiB
 _MAX_BUFFER_MEMORY = 1 << 30  # 1 GiB: the pool's cap, split into fair shares
 _buffer_memory = number(int, 1 << 20, what="number of bytes")
 _PROXY_TIMEOUT_S = 10.0  # the PROXY header's deadline when --line-timeout is off
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def _level(text: str) -> str:
@@ -141,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(HAProxy's send-proxy/send-proxy-v2): its address is the client's, "
                         "for logs, --max-conns-per-ip and stats; anything else, or no header "
                         "within --line-timeout (10 s if off), is closed")
+    p.add_argument("--metrics", type=_host_port, metavar="HOST:PORT",
+                   help="serve GET /metrics for Prometheus on HOST:PORT (with --workers, "
+                        "every worker's figures, labelled worker=\"I\")")
     p.add_argument("--backlog", type=_at_least_one, default=1024, metavar="N",
                    help="listen backlog (default 1024; the kernel caps it at somaxconn)")
     p.add_argument("--log-level", type=_level, default="info", metavar="LEVEL",
@@ -175,9 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         options=options,
         max_buffer_bytes=args.max_buffer_memory,
         timer_grain_s=args.timer_grain,
+        metrics=args.metrics,
     )
     try:
-        sockets = bind_sockets(address, args.workers, args.backlog)
+        inherited = activated_socket(PROG)  # systemd's socket, if it passed one
+        sockets = [inherited] if inherited is not None else bind_sockets(
+            address, args.workers, args.backlog)
     except OSError as exc:
         print(f"{PROG}: cannot listen on {format_address(address, brackets=False)}: "
               f"{exc.strerror or exc}", file=sys.stderr)
