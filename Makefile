@@ -21,18 +21,20 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/line-echo --host $(HOST) --port $(PORT)
 
-# tests/integration/test_haproxy.py runs a real HAProxy from the distribution: installed here
-# when it is missing and we may (root with apt-get, as on CI's fresh machines; ~6 s).
-.PHONY: haproxy
-haproxy:
-	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
+# Real peers some tests run, from the distribution: HAProxy (tests/integration/test_haproxy.py)
+# and the openssl command (TLS renegotiation in test_line_echo.py). Installed here when
+# missing and we may (root with apt-get, as on CI's fresh machines; ~6 s).
+.PHONY: test-tools
+test-tools:
+	@{ command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null 2>&1 && \
+	  command -v openssl >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    echo "make: installing haproxy (apt-get) for tests/integration/test_haproxy.py" && \
+	    echo "make: installing haproxy and openssl (apt-get) for the tests" && \
 	    apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } || \
-	  echo "make: haproxy is not installed and cannot be installed here: test_haproxy.py will fail"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy openssl >/dev/null; } || \
+	  echo "make: haproxy or openssl is missing and cannot be installed here: tests need them"
 
-test: $(VENV)/.installed haproxy
+test: $(VENV)/.installed test-tools
 	$(BIN)/python -m pytest -q
 
 # The benchmark (tools/bench.py, docs/performance.md): installs the bench extra (uvloop), then

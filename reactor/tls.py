@@ -209,6 +209,8 @@ class TLSSocket:
                 ended = True
                 break
             total += n
+        if self._out.pending:  # what reading made OpenSSL say: an alert (a renegotiation
+            self._flush_out()  # refused), a KeyUpdate's answer; before anything else is sent
         if total or ended or not want:
             return total
         raise BlockingIOError(errno.EAGAIN, "TLS: no ciphertext waiting")

@@ -425,6 +425,38 @@ def test_tls_echo_and_a_plaintext_client_refused(daemon, tmp_path):
     assert len(log) == 1 and "(wrong_version_number)" in log[0], log
 
 
+def test_tls_renegotiation_is_refused(daemon):
+    """TLS 1.2 lets a client ask for a new handshake mid-connection (a CPU lever for a
+    client against a server: CVE-2011-1473); line-echo refuses with OpenSSL's
+    no_renegotiation alert. openssl s_client sends the request on an "R" line."""
+    d = daemon("--tls-cert", os.path.join(CERTS, "server.pem"),
+               "--tls-key", os.path.join(CERTS, "server.key"))
+    p = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{d.address[1]}",
+                          "-tls1_2", "-CAfile", os.path.join(CERTS, "ca.pem"),
+                          "-servername", "localhost"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    bound = threading.Timer(20, p.kill)  # a refusal that never comes would leave it waiting
+    bound.start()
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(b"before\n")
+        p.stdin.flush()
+        while p.stdout.readline() != b"before\n":  # the echo, after the handshake's report
+            pass
+        p.stdin.write(b"R\n")
+        p.stdin.flush()
+        rest = p.stdout.read()  # s_client gives up and exits
+    finally:
+        bound.cancel()
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+    assert b"RENEGOTIATING" in rest and b"no renegotiation" in rest, rest[-500:]
+    with _tls_client(d.address) as s:  # and the daemon serves on
+        s.sendall(b"still here\n")
+        assert recv_exactly(s, 11) == b"still here\n"
+
+
 def test_tls_verify_client_requires_a_certificate(daemon):
     d = daemon("--tls-cert", os.path.join(CERTS, "server.pem"),
                "--tls-key", os.path.join(CERTS, "server.key"),
