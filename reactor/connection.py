@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .connstate import (CLOSED, CLOSING, CONNECTING, F_BLOCKED, F_FLUSH, F_HIGH, F_HUP,
+from .connstate import (CLOSED, CLOSING, CONNECTING, F_BLOCKED, F_DIAL, F_FLUSH, F_HIGH, F_HUP,
                         LINGER, NOT_DRAINING, OPEN, P_BACKPRESSURE, P_STARVED,
                         P_USER, _Extra, _InExtra)
 from .errors import CloseReason
@@ -122,7 +122,7 @@ class Connection(Reading, Lifecycle, TimerEntry):
         self._opts = opts
         self._state = CONNECTING if connecting else OPEN
         self._pause = 0
-        self._flags = 0  # F_FLUSH | F_BLOCKED | F_HIGH | F_HUP
+        self._flags = F_DIAL if connecting else 0  # F_FLUSH | F_BLOCKED | F_HIGH | F_HUP ...
         # The connection is its own wheel entry for the idle and heartbeat checks (_fire).
         TimerEntry.__init__(self)
         # The read path, chosen once: per frame, or the batch fast path for a handler with
@@ -358,6 +358,14 @@ class Connection(Reading, Lifecycle, TimerEntry):
             tx = self._tx
             if tx is None:
                 tx = _EMPTY
+                if self._flags & F_BLOCKED:  # nothing queued: only a TLSSocket's ciphertext
+                    try:                     # can be waiting (tls.py); send(b"") sends it
+                        self._sock.send(b"")
+                    except (BlockingIOError, InterruptedError):
+                        return  # still full: the next OUT edge
+                    except OSError as exc:
+                        self._fail(exc)
+                        return
         while tx and out is None:
             before = len(tx)
             segs = tx.segments(_MAX_SEGMENTS)
@@ -469,6 +477,8 @@ class Connection(Reading, Lifecycle, TimerEntry):
             if ev & _READ_EVENTS:
                 self._linger_reads()
         elif st == CONNECTING:
+            if ev & _HANGUP:  # kept for the read that follows an accepted TLS handshake
+                self._flags |= F_HUP
             self._finish_connect()
 
     def _on_ready(self) -> None:

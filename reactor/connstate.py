@@ -85,6 +85,9 @@ F_FLUSH = 1  # queued for a flush this iteration (or flushed at the end of this 
 F_BLOCKED = 2  # the kernel refused bytes: waiting for an OUT edge
 F_HIGH = 4  # the send backlog is over the high watermark (reading paused, on_paused sent)
 F_HUP = 8  # the peer's FIN or an error came with an edge: read on until EOF
+F_OPENED = 16  # on_connect ran: on_close will follow (an accepted TLS connection whose
+               # handshake failed never opens, and its handler hears nothing, as asyncio's)
+F_DIAL = 32  # an outgoing connect: on_close follows even if it never opened (CONNECT_FAILED)
 
 # _drain_left: bytes still to read in a shutdown drain, or one of these.
 NOT_DRAINING = -1

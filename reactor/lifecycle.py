@@ -19,8 +19,8 @@ import termios
 from typing import Any
 
 from .address import format_address
-from .connstate import (CLOSED, CLOSING, CONNECTING, DRAINED, F_BLOCKED, F_FLUSH, F_HIGH,
-                        LINGER, OPEN, P_BACKPRESSURE, P_EOF, P_FIN, P_USER,
+from .connstate import (CLOSED, CLOSING, CONNECTING, DRAINED, F_BLOCKED, F_DIAL, F_FLUSH,
+                        F_HIGH, F_OPENED, LINGER, OPEN, P_BACKPRESSURE, P_EOF, P_FIN, P_USER,
                         _STATE_NAMES, ConnectionHalf)
 from .errors import CloseReason, FrameTimeout, TLSError
 
@@ -59,6 +59,7 @@ class Lifecycle(ConnectionHalf):
         if opts.idle_timeout_s > 0 or opts.heartbeat_s > 0:
             now = self._hub.now
             self._hub.wheel.rearm_coarse(self, self._next_check(now) - now)
+        self._flags |= F_OPENED
         self._call("on_connect")
 
     def _partial_began(self) -> None:
@@ -307,7 +308,8 @@ class Lifecycle(ConnectionHalf):
                 if ring is not self._hub.scratch_ring:
                     self._hub.ring_free.append(ring)
         self._rx = self._tx = self._rest = self._out = None
-        self._hub.call_soon(self._notify_closed)
+        if self._flags & (F_OPENED | F_DIAL):  # whoever heard on_connect, or asked to dial
+            self._hub.call_soon(self._notify_closed)
 
     def _notify_closed(self) -> None:
         try:
@@ -377,6 +379,8 @@ class Lifecycle(ConnectionHalf):
         edge)."""
         self._state = OPEN
         self._opened()
+        if getattr(self._sock, "want_write", False):  # TLS: the handshake's last flight
+            self._flags |= F_BLOCKED  # waits for room: the OUT edge sends it (_flush)
         if self._state == OPEN and (self._tx or self._out is not None):
             self._flush()
         if self._state == OPEN and not self._pause:
@@ -410,6 +414,7 @@ class Lifecycle(ConnectionHalf):
         sock = self._sock
         if not isinstance(sock, TLSSocket):
             sock = self._sock = TLSSocket(sock, context, True, None, self._hub.cipher_buffer())
+            sock.on_end = self._read_again
         self._state = CONNECTING
         self._hub.wheel.rearm_coarse(self, self._opts.ssl_handshake_timeout_s)
         sock.handshaking = True
@@ -421,8 +426,18 @@ class Lifecycle(ConnectionHalf):
         from .tls import TLSSocket
 
         ctx = self._opts.ssl
-        self._sock = TLSSocket(self._sock, ctx, False, server_hostname,
-                               self._hub.cipher_buffer())
+        try:
+            sock = TLSSocket(self._sock, ctx, False, server_hostname, self._hub.cipher_buffer())
+        except BaseException:  # e.g. a context that checks host names, and no name to check
+            self._sock.close()
+            raise
+        sock.on_end = self._read_again
+        self._sock = sock
+
+    def _read_again(self) -> None:
+        """TLS: a read met the end of the stream after some bytes; read once more (no edge
+        will come) to get the 0 that says so."""
+        self._hub.ready.append(self)
 
     def _tls_step(self) -> None:
         try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
-from .proxy_protocol import ProxyDecoder, ProxyHeader, ProxyProtocolError
+from .proxy_protocol import V2_SIGNATURE, ProxyDecoder, ProxyHeader, ProxyProtocolError
 from .selector import ERR, HUP, RDHUP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,6 +32,7 @@ __all__ = ["ProxyPreamble", "MAX_V2_BYTES"]
 #: The largest v2 header accepted (16 bytes + addresses + TLVs); HAProxy's are far smaller.
 MAX_V2_BYTES = 4096
 _PEEK = MAX_V2_BYTES  # a whole header fits in one peek (v1's 107 bytes too)
+_V1_PEEK = 107  # a v1 line's longest (V1_MAX_BYTES): what a v1 header is looked at with
 _HANGUP = HUP | RDHUP | ERR
 _RETRY_S = 0.01  # level-triggered mode: how soon an incomplete header is looked at again
 
@@ -39,7 +40,7 @@ _RETRY_S = 0.01  # level-triggered mode: how soon an incomplete header is looked
 class ProxyPreamble:
     """One accepted socket waiting for its PROXY header (see the module docstring)."""
 
-    __slots__ = ("sock", "addr", "hub", "done", "refused", "timer", "retry")
+    __slots__ = ("sock", "addr", "hub", "done", "refused", "timer", "retry", "peek")
 
     #: Not a connection: the loop's books do not count it (Hub.forget).
     counted = False
@@ -54,6 +55,7 @@ class ProxyPreamble:
         self.refused = refused  # (preamble, reason[, exc]): the listener refuses the socket
         self.timer: Timer | None = None
         self.retry: Timer | None = None
+        self.peek = _PEEK  # _V1_PEEK once the first byte says v1
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -69,7 +71,9 @@ class ProxyPreamble:
         """Look at what has arrived; hand over, refuse, or wait for more."""
         self.retry = None
         try:
-            data = self.sock.recv(_PEEK, socket.MSG_PEEK)
+            # A v1 line is looked at 107 bytes at most, so a peer that sends it a byte at a
+            # time costs 107 bytes a look, not the 4 KiB a v2 header may need.
+            data = self.sock.recv(self.peek, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             if hangup:
                 self.refused(self, "eof")
@@ -80,6 +84,8 @@ class ProxyPreamble:
         if not data:
             self.refused(self, "eof")
             return
+        if data[:1] == b"P":
+            self.peek = _V1_PEEK
         try:
             header = ProxyDecoder(MAX_V2_BYTES).feed(data)
         except ProxyProtocolError as exc:
@@ -87,6 +93,11 @@ class ProxyPreamble:
             return
         if header is None:
             hub = self.hub
+            if len(data) >= 16 and data[:12] == V2_SIGNATURE:
+                # A v2 header says its length: wake when all of it is there, not at every
+                # segment of a peer that sends it a byte at a time (each look copies it all).
+                need = 16 + int.from_bytes(data[14:16], "big")
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
             if hangup:  # the peer is gone before its header was whole
                 self.refused(self, "eof")
             elif not hub.edge and self.retry is None:
@@ -102,4 +113,6 @@ class ProxyPreamble:
         if len(taken) != header.header_bytes:
             self.refused(self, "reset")
             return
+        if header.version == 2:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)  # the default again
         self.done(self, header)

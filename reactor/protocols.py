@@ -207,4 +207,6 @@ class Handler:
         conn.close(exc.reason)
 
     def on_close(self, conn: Transport, reason: CloseReason) -> None:
-        """The connection is closed and its socket released; called exactly once."""
+        """The connection is closed and its socket released; called exactly once for a
+        connection whose ``on_connect`` ran, and for an outgoing connect that failed. An
+        accepted connection that never opened (its TLS handshake failed) gets neither."""

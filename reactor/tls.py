@@ -35,9 +35,18 @@ from .errors import TLSError
 
 __all__ = ["TLSSocket", "client_context", "failure_reason", "server_context", "ENCRYPT_BYTES"]
 
-#: Plaintext encrypted per step of a send (16 records of 16 KiB): what may wait here, in
+#: Plaintext encrypted per step of a send (4 records of 16 KiB): at most what waits here, in
 #: ciphertext, when the kernel is full.
-ENCRYPT_BYTES = 256 * 1024
+ENCRYPT_BYTES = 64 * 1024
+#: Ciphertext taken from the kernel per read beyond the plaintext asked for: one record and
+#: its overhead, so a read needs no second trip and the BIO holds no more than that.
+_RECORD = 17 * 1024
+
+
+#: No TLS 1.2 renegotiation (a CPU lever for clients, CVE-2011-1473); a FIN without
+#: close_notify is an EOF like any other (OpenSSL 3 otherwise fails every later write, and
+#: the reply to a half-closed peer -- its trailing partial line -- would be lost).
+_OPTIONS = ssl.OP_NO_RENEGOTIATION | getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
 
 
 def server_context(certfile: str, keyfile: str | None = None, *, cafile: str | None = None,
@@ -48,7 +57,7 @@ def server_context(certfile: str, keyfile: str | None = None, *, cafile: str | N
     offered, in order of preference. OSError or ssl.SSLError if a file is bad."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.options |= _OPTIONS
     ctx.load_cert_chain(certfile, keyfile)
     if cafile is not None:
         ctx.load_verify_locations(cafile)
@@ -68,7 +77,7 @@ def client_context(cafile: str | None = None, *, certfile: str | None = None,
     host name; ``certfile``/``keyfile`` a client certificate; ``alpn`` as for the server."""
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.options |= _OPTIONS
     if certfile is not None:
         ctx.load_cert_chain(certfile, keyfile)
     alpn = list(alpn)
@@ -101,7 +110,7 @@ class TLSSocket:
     (nothing keeps a reference to it between calls)."""
 
     __slots__ = ("raw", "ssl_object", "_in", "_out", "_cbuf", "_pending", "_committed",
-                 "_shut", "_eof", "handshaking", "handshaken")
+                 "_shut", "_eof", "_ended", "handshaking", "handshaken", "on_end")
 
     def __init__(self, raw: Any, context: ssl.SSLContext, server_side: bool,
                  server_hostname: str | None, cipher_buffer: memoryview) -> None:
@@ -115,8 +124,13 @@ class TLSSocket:
         self._committed = 0  # plaintext already encrypted into _pending, not yet reported
         self._shut = False   # our close_notify is out: what comes now is only discarded
         self._eof = False    # the kernel said EOF (written into the BIO once)
+        self._ended = False  # the stream ended (close_notify or EOF): reads return 0 now
         self.handshaking = False
         self.handshaken = False
+        #: Called when a read that returned bytes also met the end of the stream: a short
+        #: read then, and nothing left to raise an edge, so the owner must read once more
+        #: (the connection puts itself on the loop's ready list).
+        self.on_end: Any = None
 
     # -- what the connection asks of any socket ------------------------------------------
 
@@ -188,6 +202,8 @@ class TLSSocket:
         """Plaintext into ``buf``; short only after EAGAIN from the kernel, or at EOF (0)."""
         if self._shut:  # after our close_notify the connection only discards what comes
             return self.raw.recv_into(buf, nbytes)
+        if self._ended:
+            return 0
         view = buf if type(buf) is memoryview else memoryview(buf)
         want = nbytes or len(view)
         read = self.ssl_object.read
@@ -197,7 +213,7 @@ class TLSSocket:
             try:
                 n = read(want - total, view[total:want])
             except ssl.SSLWantReadError:
-                if not self._fill():
+                if not self._fill(want - total + _RECORD):
                     break  # the kernel is empty: this short read is the truth
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -211,16 +227,21 @@ class TLSSocket:
             total += n
         if self._out.pending:  # what reading made OpenSSL say: an alert (a renegotiation
             self._flush_out()  # refused), a KeyUpdate's answer; before anything else is sent
+        if ended:
+            self._ended = True
+            if total and self.on_end is not None:
+                self.on_end()  # the 0 that says so comes with the next read
         if total or ended or not want:
             return total
         raise BlockingIOError(errno.EAGAIN, "TLS: no ciphertext waiting")
 
-    def _fill(self) -> bool:
-        """Move what the kernel holds into the incoming BIO; False if it held nothing."""
+    def _fill(self, most: int = 0) -> bool:
+        """Move what the kernel holds (``most`` bytes at most, 0: a buffer's worth) into the
+        incoming BIO; False if it held nothing."""
         if self._eof:
             return False
         try:
-            n = self.raw.recv_into(self._cbuf)
+            n = self.raw.recv_into(self._cbuf, most if 0 < most < len(self._cbuf) else 0)
         except (BlockingIOError, InterruptedError):
             return False
         if not n:
@@ -240,11 +261,11 @@ class TLSSocket:
 
     def _send(self, buffers: Iterable[Any]) -> int:
         """Encrypt and hand over; the plaintext count whose ciphertext the kernel took."""
-        accepted = 0
-        if self._pending is not None:
-            if not self._flush_out():
-                raise BlockingIOError(errno.EAGAIN, "TLS: the kernel is full")
-            accepted, self._committed = self._committed, 0  # offered again: already sent
+        if self._pending is not None and not self._flush_out():
+            raise BlockingIOError(errno.EAGAIN, "TLS: the kernel is full")
+        # What was encrypted before is sent now (here, or by a read's flush): offered again,
+        # it is accepted without being encrypted twice.
+        accepted, self._committed = self._committed, 0
         skip = accepted
         write = self.ssl_object.write
         for b in buffers:

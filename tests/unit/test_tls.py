@@ -11,6 +11,8 @@ import ssl
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
@@ -339,5 +341,194 @@ def test_shutdown_drains_what_a_tls_peer_had_sent():
         assert bytes(got) == lines, (len(got), len(lines))
         assert h.closed == [CloseReason.SHUTDOWN]
         s.close()
+    finally:
+        loop.close()
+
+
+# -- the TLSSocket's contract alone, over an in-memory "kernel" -------------------------------
+
+class Wire:
+    """A kernel stand-in between a TLSSocket and a client SSLObject: what the socket sends
+    goes into ``sent`` as far as ``room`` allows (None: all; 0: EAGAIN)."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+        self.inbound = bytearray()
+        self.room: int | None = None
+
+    def send(self, data) -> int:
+        if self.room == 0:
+            raise BlockingIOError(11, "full")
+        n = len(data) if self.room is None else min(self.room, len(data))
+        self.sent += bytes(data[:n])
+        if self.room is not None:
+            self.room -= n
+        return n
+
+    def recv_into(self, buf, nbytes=0) -> int:
+        if not self.inbound:
+            raise BlockingIOError(11, "empty")
+        n = min(nbytes or len(buf), len(self.inbound))
+        memoryview(buf)[:n] = self.inbound[:n]
+        del self.inbound[:n]
+        return n
+
+
+def handshaken_pair():
+    from reactor.tls import TLSSocket
+
+    wire = Wire()
+    tls = TLSSocket(wire, server_context(CERT, KEY), True, None, memoryview(bytearray(65536)))
+    cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(CA).wrap_bio(cin, cout, server_hostname="localhost")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        wire.inbound += cout.read()
+        if tls.handshake() and done:
+            break
+        cin.write(bytes(wire.sent))
+        wire.sent.clear()
+    cin.write(bytes(wire.sent))  # the server's tickets
+    wire.sent.clear()
+    assert tls.handshaken
+    return tls, wire, client, cin
+
+
+def plaintext(client, cin, wire) -> bytes:
+    cin.write(bytes(wire.sent))
+    wire.sent.clear()
+    out = bytearray()
+    while True:
+        try:
+            out += client.read(1 << 16)
+        except ssl.SSLWantReadError:
+            return bytes(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 200_000), st.one_of(st.none(), st.integers(0, 90_000)),
+                          st.booleans()), min_size=1, max_size=12))
+def test_what_send_reports_is_what_the_peer_decrypts_once_and_in_order(steps):
+    """Offers of any size against a kernel that takes any amount (or nothing): the plaintext
+    counted as sent is exactly the stream the peer decrypts, nothing twice, nothing lost,
+    whether the waiting ciphertext is sent by the next send or by a read in between (a read
+    sends what OpenSSL wrote meanwhile)."""
+    tls, wire, client, cin = handshaken_pair()
+    stream = bytes(range(256)) * 2000
+    offset = 0  # the connection's view: bytes accepted so far
+    queued = 0  # what it holds unaccepted: offered again whole (it only grows at the end)
+    for size, room, flush_by_read in steps:
+        wire.room = room
+        if flush_by_read:
+            tls._flush_out()  # what recv_into does when OpenSSL wrote during a read
+        queued = min(max(queued, size), len(stream) - offset)
+        offer = stream[offset:offset + queued]
+        try:
+            n = tls.send(offer)
+        except BlockingIOError:
+            n = 0
+        assert 0 <= n <= len(offer)
+        offset += n
+        queued -= n
+    wire.room = None
+    while queued:  # the kernel has room again: the connection's queue goes out
+        n = tls.send(stream[offset:offset + queued])
+        offset += n
+        queued -= n
+    assert tls._pending is None
+    assert plaintext(client, cin, wire) == stream[:offset]
+
+
+class MemoryClient:
+    """A TLS client over memory BIOs on a blocking socket, so a test decides exactly which
+    records go out in which segment (data with the close_notify, the Finished with both)."""
+
+    def __init__(self, addr) -> None:
+        self.sock = socket.create_connection(addr, timeout=10)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = client_context(CA).wrap_bio(self.inc, self.out, server_hostname="localhost")
+
+    def handshake(self, send_last_flight: bool = True) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.out.read())
+                self.inc.write(self.sock.recv(65536))
+        if send_last_flight:  # the client's Finished
+            self.sock.sendall(self.out.read())
+
+    def read_all(self) -> bytes:
+        got = bytearray()
+        while True:
+            try:
+                chunk = self.obj.read(65536)
+                if not chunk:  # the server's close_notify
+                    return bytes(got)
+                got += chunk
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return bytes(got)
+            data = self.sock.recv(65536)
+            if not data:
+                self.inc.write_eof()
+            else:
+                self.inc.write(data)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ending", ["close_notify", "close_notify+fin", "finished+all+fin",
+                                    "fin"])
+def test_a_peer_that_ends_its_stream_gets_every_line_and_its_partial_line(mode, ending):
+    """Data and the end of the stream in one segment -- close_notify with TCP kept open (Go's
+    CloseWrite), close_notify and FIN, even the handshake's Finished with them, or a FIN
+    without close_notify: the lines come back, then the trailing partial line (the echo
+    contract), then the server's own end; nothing waits for an edge that never comes."""
+    loop = Loop(selector=mode)
+    try:
+        addr = tls_listener(loop, Recorder())
+        c = MemoryClient(addr)
+
+        def client(out):
+            c.handshake(send_last_flight=ending != "finished+all+fin")
+            c.obj.write(b"one\ntwo\npartial")
+            if ending != "fin":
+                with pytest.raises(ssl.SSLWantReadError):
+                    c.obj.unwrap()  # our close_notify, in the BIO now
+            c.sock.sendall(c.out.read())  # everything in one segment
+            if ending != "close_notify":
+                c.sock.shutdown(socket.SHUT_WR)
+            out["got"] = c.read_all()
+
+        out = in_thread(client)
+        run_until(loop, lambda: out.get("done"), what="the echo and the server's end")
+        assert "error" not in out, out.get("error")
+        assert out["got"] == b"one\ntwo\npartial"
+        c.sock.close()
+    finally:
+        loop.close()
+
+
+def test_a_failed_handshake_is_not_an_on_close_for_a_handler_that_never_opened():
+    """No on_connect, so no on_close: a few more turns of the loop after the refusal, for the
+    on_close that call_soon would have run."""
+    loop = Loop()
+    h = Recorder()
+    try:
+        addr = tls_listener(loop, h)
+        plain = socket.create_connection(addr, timeout=10)
+        plain.sendall(b"not tls\n")
+        run_until(loop, lambda: loop.stats()["closed"]["tls_handshake_failed"] == 1)
+        for _ in range(10):
+            loop.run_once(0.005)
+        assert h.conns == [] and h.closed == []
+        plain.close()
     finally:
         loop.close()
