@@ -10,6 +10,12 @@ py_et_echo.py (``../shared/bench`` beside the clone): without one, that peer is 
 a note, and that is a pass. The asyncio peer's two styles are also checked directly on a
 line split across sends and a partial line at EOF, which the generator never sends; the
 tcpkali summary parser and the stall detector on hand-made inputs.
+
+TLS (issue 13): the smoke run's TLS firehose and handshake loop ran on exactly the servers
+that speak TLS (line-echo, asyncio, uvloop), full TLS 1.3 handshakes, every byte and
+connect() accounted for; the TLS generator itself is shown to catch a server that changes a
+byte or closes early (a deliberately broken TLS echo below), and the asyncio peer's TLS
+mode to echo lines split across records.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from tests.conftest import ROOT
 
 BENCH = ROOT / "tools" / "bench.py"
 WORKLOADS = {"firehose", "closed", "idle", "accept", "timers", "flood", "open"}
+TLS_WORKLOADS = {"tls", "handshake"}
+TLS_SERVERS = {"line-echo", "asyncio", "uvloop"}
+CERTS = ROOT / "tests" / "certs"
+TLSLOAD_C = ROOT / "tools" / "bench" / "tlsload.c"
 PY_ET = ROOT.parent / "shared" / "bench" / "py_et_echo.py"
 sys.path.insert(0, str(ROOT / "tools"))
 from benchlib.flood import parse_tcpkali, summarise_stats  # noqa: E402
@@ -66,6 +76,10 @@ def test_smoke_exits_zero_and_prints_one_table_per_workload(smoke):
                   "### Idle-timer re-arm", "### Flood: no window", "### Flood: starvation",
                   "### Open loop", "### Targets"):
         assert title in done.stdout
+    if openssl_headers():
+        for title in ("### TLS firehose", "### TLS handshakes",
+                      "| TLS firehose 1000 conns ≥ 2× asyncio TLS"):
+            assert title in done.stdout
 
 
 def test_every_server_that_can_run_ran_every_workload(smoke):
@@ -215,3 +229,194 @@ def test_tcpkali_summary_is_parsed_into_lines_per_second():
     assert got["lines_per_s"] == pytest.approx(1487846078 / 5 / 3.00071)
     with pytest.raises(Exception):
         parse_tcpkali("Total data sent: 1 MiB (1048576 bytes)\n")
+
+
+# -- TLS (issue 13) ------------------------------------------------------------------------
+
+def openssl_headers() -> bool:
+    """Whether this machine can build the TLS generator (cc and OpenSSL's headers): if it
+    can, the smoke run must have run the TLS workloads, not skipped them."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return False
+    probe = subprocess.run([cc, "-x", "c", "-fsyntax-only", "-"],
+                           input="#include <openssl/ssl.h>\n", capture_output=True, text=True,
+                           timeout=60)
+    return probe.returncode == 0
+
+
+def test_tls_workloads_ran_on_the_tls_servers_or_were_skipped_with_a_note(smoke):
+    done, records = smoke
+    run = next(r for r in records if r["kind"] == "run")
+    tls = run["tls"]
+    assert tls["asked"] is True  # --smoke runs every workload
+    recs = [r for r in records if r["kind"] == "measurement" and r["workload"] in TLS_WORKLOADS]
+    if not tls["available"]:
+        assert not openssl_headers(), "OpenSSL's headers are here, yet TLS was skipped"
+        assert tls["skipped"] and tls["skipped"] in run["notes"] and not recs
+        assert "TLS workloads skipped" in done.stdout
+        pytest.skip(tls["skipped"])
+    want = TLS_SERVERS & expected_servers()
+    for workload in TLS_WORKLOADS:
+        assert {r["server"] for r in recs if r["workload"] == workload} == want, workload
+
+
+def _tls_records(records, workload):
+    recs = _new(records, workload)
+    if not recs:
+        pytest.skip("TLS workloads not run here (see the test above)")
+    return recs
+
+
+def test_tls_firehose_verified_every_byte_on_every_connection(smoke):
+    _, records = smoke
+    for r in _tls_records(records, "tls"):
+        n = r["conns"]
+        assert r["verified"] is True and r["notes"] == [], (r["server"], r["notes"])
+        assert "error" not in r
+        # each connection initiated once, handshaken once (no resumption), and still open
+        assert r["requested"] == r["initiated"] == r["handshakes"] == r["open"] == n, r
+        assert r["resumed"] == 0 and r["opened_exactly"] is True
+        assert r["tls_version"] == "TLSv1.3" and r["verify_server"] is True and r["cipher"]
+        assert r["mismatches"] == 0 and r["dropped"] == 0 and r["starved"] == 0
+        # the window was respected and every line counted came back whole
+        assert r["window_bytes"] >= 5 and r["lines"] > 0
+        assert r["bytes_verified"] >= r["lines"] * 5
+        assert r["lines_per_s"] == pytest.approx(r["lines"] / r["window_s"], rel=1e-3)
+        assert 0 <= r["conn_lines_min"] <= r["conn_lines_med"] <= r["conn_lines_max"]
+        assert r["conn_lines_min"] * n <= r["lines"] <= r["conn_lines_max"] * n
+        assert r["server_cpu_ns_per_line"] == pytest.approx(r["server_cpu_s"] * 1e9 / r["lines"])
+        assert r["gen_cpu_ns_per_line"] == pytest.approx(
+            r["gen_busy_pct"] / 100 * r["window_s"] * 1e9 / r["lines"])
+
+
+def test_tls_handshakes_are_full_and_every_connect_is_accounted_for(smoke):
+    _, records = smoke
+    recs = _tls_records(records, "handshake")
+    # unpaced and paced, each on every TLS server
+    assert {r["rate"] > 0 for r in recs} == {False, True}
+    for r in recs:
+        k = r["clients"]
+        assert r["verified"] is True and r["notes"] == [], (r["server"], r["notes"])
+        assert r["requested"] == k and r["tls_version"] == "TLSv1.3" and r["resumed"] == 0
+        assert r["config"] == f"{k}x{r['rate']:.0f}"
+        if r["rate"]:  # paced: never more cycles than were offered (and k begun before)
+            assert r["cycles"] <= r["rate"] * r["window_s"] + k + 1, r
+        # every connect() ended as a verified cycle, a failure, or in flight at the end
+        assert r["initiated"] == r["completed"] + r["failed"] + r["in_flight_end"], r
+        assert r["failed"] == 0 and r["in_flight_end"] == 0 and r["mismatches"] == 0
+        # a cycle is a handshake and its echo: never more cycles than handshakes
+        assert r["completed"] <= r["handshakes"] <= r["initiated"]
+        assert 0 < r["cycles"] <= r["completed"]
+        assert r["cycles"] <= r["handshakes_in_window"] + k  # begun before the window, at most k
+        assert r["handshakes_per_s"] == pytest.approx(r["cycles"] / r["window_s"], rel=1e-3)
+        assert r["server_cpu_us_per_handshake"] == pytest.approx(
+            r["server_cpu_s"] * 1e6 / r["cycles"])
+        assert 0 < r["hs_p50_us"] <= r["hs_p99_us"] <= r["hs_p999_us"]
+        assert r["hs_p50_us"] <= r["cycle_p50_us"] * 1.01
+        assert r["cycle_p99_us"] <= r["cycle_max_us"] * 1.01
+
+
+@pytest.fixture(scope="module")
+def tlsload(tmp_path_factory):
+    if not openssl_headers():
+        pytest.skip("no C compiler or no OpenSSL headers: the TLS generator cannot be built")
+    out = tmp_path_factory.mktemp("tlsload") / "tlsload"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    done = subprocess.run([cc, "-O2", "-o", str(out), str(TLSLOAD_C), "-lssl", "-lcrypto"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+# A TLS echo that misbehaves on purpose: --corrupt N changes the Nth byte echoed on each
+# connection, --close-after N closes a connection once it has echoed N bytes.
+BROKEN_TLS_ECHO = r"""
+import asyncio, ssl, sys
+mode, n = sys.argv[1], int(sys.argv[2])
+class Broken(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.done = t, 0
+    def data_received(self, data):
+        if mode == "corrupt" and self.done < n <= self.done + len(data):
+            i = n - self.done - 1
+            data = data[:i] + bytes([data[i] ^ 0x20]) + data[i + 1:]
+        self.done += len(data)
+        self.t.write(data)
+        if mode == "close-after" and self.done >= n:
+            self.t.close()
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    srv = await asyncio.get_running_loop().create_server(Broken, "127.0.0.1", 0, ssl=ctx)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(30)
+asyncio.run(main())
+"""
+
+
+def _against_broken(tlsload, mode, n, load_args):
+    proc = subprocess.Popen([sys.executable, "-c", BROKEN_TLS_ECHO, mode, str(n),
+                             str(CERTS / "server.pem"), str(CERTS / "server.key")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.isdigit(), port
+        done = subprocess.run([str(tlsload), "--port", port, "--duration", "0.5", "--warmup", "0.2",
+                               "--drain-seconds", "2", *load_args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_tls_generator_catches_a_changed_byte_and_an_early_close(tlsload):
+    from benchlib.tls import handshake_checks, tls_firehose_checks
+
+    # the firehose: byte 1,000 of each connection's echo changed, then all else right
+    out = _against_broken(tlsload, "corrupt", 1000, ["--mode", "firehose", "--conns", "4",
+                                                     "--ca", str(CERTS / "ca.pem")])
+    assert out["mismatches"] >= 4 and out["handshakes"] == 4, out
+    checks = tls_firehose_checks(out, 4)
+    assert checks["verified"] is False and checks["bytes_ok"] is False
+    # the handshake loop: byte 5 of every echoed line changed: no cycle may count
+    out = _against_broken(tlsload, "corrupt", 5, ["--mode", "handshake", "--conns", "2"])
+    assert out["completed"] == 0 and out["cycles"] == 0 and out["mismatch_conns"] > 0, out
+    assert out["initiated"] == out["mismatch_conns"] + out["in_flight_end"]
+    assert handshake_checks(out)["verified"] is False
+    # the firehose: every connection closed by the server after 100 bytes
+    out = _against_broken(tlsload, "close-after", 100, ["--mode", "firehose", "--conns", "4"])
+    assert out["dropped"] == 4 and out["open"] == 0 and out["mismatches"] == 0, out
+    assert tls_firehose_checks(out, 4)["verified"] is False
+
+
+def test_asyncio_peer_echoes_lines_split_across_tls_records():
+    import ssl
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "bench" / "aio_echo.py"),
+                             "--port", "0", "--max-seconds", "30",
+                             "--tls-cert", str(CERTS / "server.pem"),
+                             "--tls-key", str(CERTS / "server.key")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        ctx = ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
+        sent, got = b"", b""
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                             server_hostname="127.0.0.1") as s:
+            assert s.version() == "TLSv1.3"
+            for piece in (b"ab", b"c\nde", b"f\n\n\ng", b"h", b"\nij", b"k\n"):
+                s.sendall(piece)  # one TLS record each
+                sent += piece
+                while len(got) < sent.rfind(b"\n") + 1:  # every complete line, before more
+                    data = s.recv(4096)
+                    assert data, (sent, got)
+                    got += data
+        assert got == sent
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()

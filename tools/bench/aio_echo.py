@@ -2,6 +2,7 @@
 """The asyncio peers of tools/bench.py: the same line-echo contract as a plain ``Protocol``.
 
     python tools/bench/aio_echo.py --port 0 [--style batch|lines] [--loop asyncio|uvloop]
+                                   [--tls-cert PEM --tls-key PEM]
 
 Every ``\\n``-terminated line goes back byte for byte, a partial line is kept until its
 newline arrives (and goes back at EOF), and reading pauses while the transport's write
@@ -10,9 +11,12 @@ buffer is above its high water mark (``pause_writing``/``resume_writing``). Two 
 ``transport.write`` of everything up to the last newline per ``data_received``, no
 per-line work in Python; ``lines`` handles each line as a line, the way asyncio's docs
 and most users write it (``PerLineEcho``: a ``bytes`` per line, one ``writelines``).
-``--loop uvloop`` runs the same code on uvloop. Prints ``listening on 127.0.0.1:PORT``
-first and stops by itself after ``--max-seconds`` (default 600; or on SIGTERM/SIGINT).
-Loopback only.
+``--loop uvloop`` runs the same code on uvloop. With ``--tls-cert``/``--tls-key`` the same
+protocol runs inside TLS: ``create_server(ssl=ctx)``, the context built as line-echo builds
+its own (TLS 1.2 and later, renegotiation refused, the same certificate), so the two pay
+for the same handshake; asyncio's (or uvloop's) SSL transport does the record layer.
+Prints ``listening on 127.0.0.1:PORT`` first and stops by itself after ``--max-seconds``
+(default 600; or on SIGTERM/SIGINT). Loopback only.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import resource
 import signal
+import ssl
 import sys
 
 
@@ -87,9 +92,21 @@ class PerLineEcho(LineEcho):
 STYLES = {"batch": LineEcho, "lines": PerLineEcho}
 
 
-async def serve(style: str, port: int, max_seconds: float, backlog: int) -> None:
+def tls_context(cert: str, key: str | None) -> ssl.SSLContext:
+    """The server context line-echo builds (reactor/tls.py ``server_context``), rebuilt here
+    so that this peer does not import the code under test."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def serve(style: str, port: int, max_seconds: float, backlog: int,
+                ctx: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(STYLES[style], "127.0.0.1", port, backlog=backlog)
+    server = await loop.create_server(STYLES[style], "127.0.0.1", port, backlog=backlog,
+                                      ssl=ctx)
     where = server.sockets[0].getsockname()
     print(f"listening on {where[0]}:{where[1]}", flush=True)
     done = loop.create_future()
@@ -109,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                         "one writelines")
     p.add_argument("--max-seconds", type=float, default=600.0)
     p.add_argument("--backlog", type=int, default=4096)
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="its key (default: in --tls-cert)")
     a = p.parse_args(argv)
+    if a.tls_key and not a.tls_cert:
+        p.error("--tls-key needs --tls-cert")
+    ctx = tls_context(a.tls_cert, a.tls_key) if a.tls_cert else None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if a.loop == "uvloop":
@@ -119,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(a.style, a.port, a.max_seconds, a.backlog))
+        runner.run(serve(a.style, a.port, a.max_seconds, a.backlog, ctx))
     return 0
 
 

@@ -29,7 +29,9 @@ served, the idle run checks the server holds all N connections (its fd count) an
 one line on each, the accept run counts the probes that got their own line back. The flood
 (no window) and the open loop (fixed offered load, numbered lines) count every connect()
 the generator makes (none is reopened), what each connection got, and every echo; see
-``flood.py``. The
+``flood.py``. The TLS workloads (``tls.py``, over ``tools/bench/tlsload.c`` and OpenSSL:
+the firehose inside TLS, and full handshakes per second) run on the servers that speak
+TLS, line-echo, asyncio and uvloop, and check every decrypted byte and every connect(). The
 exit status is 1 if the harness itself failed (a server that did not start, a generator
 that crashed or timed out, a wrong byte), else 0; a server that starves or drops
 connections is flagged in its row and its record says ``"verified": false``.

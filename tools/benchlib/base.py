@@ -31,7 +31,15 @@ FLOOD_PEERS = ("py-et", "asyncio", "c-echo")
 PY_ET_PEER = "py-et"  # the flood and open-loop targets are against this
 TARGET_PEER = "asyncio-lines"  # the issue's "asyncio Protocol": its targets are against this
 BATCH_PEER = "asyncio"         # shown beside every target against TARGET_PEER
-WORKLOADS = ("firehose", "closed", "idle", "accept", "timers", "flood", "open", "tcpkali")
+WORKLOADS = ("firehose", "closed", "idle", "accept", "timers", "flood", "open", "tcpkali", "tls",
+             "handshake")
+# The TLS workloads (tools/bench/tlsload.c) and the servers that speak TLS: line-echo
+# --tls-cert/--tls-key and aio_echo.py's batched peer on asyncio and on uvloop (py-et,
+# the per-line peer and the C echo have none; the targets are against batched asyncio).
+TLS_WORKLOADS = ("tls", "handshake")
+TLS_SERVERS = ("line-echo", "asyncio", "uvloop")
+TLS_PEERS = ("asyncio", "uvloop")  # the ÷ columns of the TLS tables
+CERT_DIR = ROOT / "tests" / "certs"  # server.pem (localhost, 127.0.0.1), server.key, ca.pem
 # py_et_echo.py (+ _common.py): the shared stdlib edge-triggered echo, beside the clone
 PY_ET_DEFAULT = ROOT.parent / "shared" / "bench" / "py_et_echo.py"
 PY_ET_ENV = "BENCH_PY_ET"  # overrides PY_ET_DEFAULT; so does --py-et PATH
@@ -73,6 +81,11 @@ class Plan:
     # tcpkali's -T: its ramp-up counts in it, and it gives up (exit 1) if it cannot open
     # every connection within it; 4 s was not enough for 10,000 beside a busy server
     tcpkali_seconds: float = 10.0
+    # TLS (tlsload.c): the firehose inside TLS at these connection counts, and the
+    # handshake loop as (concurrent clients, handshakes/s offered over all of them; 0 =
+    # unpaced, as fast as they go), each measured for ``duration``.
+    tls_conns: tuple[int, ...] = ()
+    handshake_loads: tuple[tuple[int, int], ...] = ()
 
     def measures(self, server: str, workload: str, args: tuple[Any, ...]) -> bool:
         steps = dict(self.only_at).get(server)
@@ -83,7 +96,8 @@ FULL = Plan(repeat=3, duration=3.0, warmup=1.0, firehose_conns=(1, 100, 1000, 10
             closed=((100, 1), (100, 16), (10000, 1), (10000, 16)), idle_conns=10000,
             accept_conns=1000, accept_extra=1000, accept_open_s=5.0, accept_window_s=10.0,
             timer_count=10000, timer_rounds=20, flood_conns=(1000, 10000),
-            open_loads=((1000, 20), (10000, 2)), open_duration=5.0)
+            open_loads=((1000, 20), (10000, 2)), open_duration=5.0,
+            tls_conns=(100, 1000), handshake_loads=((50, 0), (50, 1000)))
 SMOKE = Plan(repeat=1, duration=0.5, warmup=0.2, firehose_conns=(1, 100),
              closed=((100, 1), (100, 16)), idle_conns=500, accept_conns=50, accept_extra=50,
              accept_open_s=0.5, accept_window_s=10.0, timer_count=1000, timer_rounds=5,
@@ -92,7 +106,7 @@ SMOKE = Plan(repeat=1, duration=0.5, warmup=0.2, firehose_conns=(1, 100),
              only_at=(("asyncio-lines", ("firehose:100", "closed:100x16")),
                       ("py-et", ("flood:100", "tcpkali:100", "open:100x20"))),
              flood_conns=(100,), open_loads=((100, 20),), open_duration=1.0,
-             tcpkali_seconds=2.0)
+             tcpkali_seconds=2.0, tls_conns=(20,), handshake_loads=((5, 0), (5, 200)))
 
 
 def firehose_window(conns: int) -> int:
@@ -225,8 +239,19 @@ class Env:
     notes: list[str] = field(default_factory=list)
     py_et: Path | None = None     # py_et_echo.py, if found
     tcpkali: Path | None = None   # the cross-check generator, with --tcpkali
+    tls_bin: Path | None = None   # tlsload, if it compiled (OpenSSL's headers are there)
+    tls_skipped: str = ""         # why the TLS workloads are not run, if they were asked for
 
-    def server_argv(self, name: str) -> list[str]:
+    def server_argv(self, name: str, tls: bool = False) -> list[str]:
+        argv = self._server_argv(name)
+        if tls:
+            if name not in TLS_SERVERS:
+                raise ValueError(f"{name} has no TLS")
+            argv += ["--tls-cert", str(CERT_DIR / "server.pem"),
+                     "--tls-key", str(CERT_DIR / "server.key")]
+        return argv
+
+    def _server_argv(self, name: str) -> list[str]:
         life = str(SERVER_LIFETIME_S)
         if name == "line-echo":
             exe = Path(sys.executable).parent / "line-echo"
@@ -248,7 +273,7 @@ class Env:
     def stats_path(self, name: str) -> Path:
         return self.workdir / f"{name}.stats.sock"
 
-    def start(self, name: str) -> Server:
+    def start(self, name: str, tls: bool = False) -> Server:
         if name == "py-et":  # takes a port, prints nothing: give it a free one
             assert self.py_et is not None
             port = free_port()
@@ -257,16 +282,18 @@ class Env:
         stats = self.stats_path(name) if name == "line-echo" else None
         if stats is not None and stats.exists():
             stats.unlink()
-        return Server(name, self.server_argv(name), self.server_cpu, self.workdir,
+        return Server(name, self.server_argv(name, tls), self.server_cpu, self.workdir,
                       stats_path=stats)
 
-    def run_load(self, args: list[str], timeout: float) -> dict[str, Any]:
-        """Run the generator to completion; its last stdout line is the JSON result."""
+    def run_load(self, args: list[str], timeout: float,
+                 binary: Path | None = None) -> dict[str, Any]:
+        """Run the generator (load.c, or ``binary``: tlsload.c) to completion; its last
+        stdout line is the JSON result."""
         if self.server_cpu is not None:
             # Its own core: it may spin there instead of sleeping (see load.c, wait_events).
             args = [*args, "--cores", f"{self.server_cpu},{self.load_cpu}", "--spin", "1"]
         try:
-            done = subprocess.run([str(self.load_bin), *args], capture_output=True,
+            done = subprocess.run([str(binary or self.load_bin), *args], capture_output=True,
                                   timeout=timeout, preexec_fn=_child_setup(self.load_cpu))
         except subprocess.TimeoutExpired:
             raise HarnessError(f"load generator timed out after {timeout:.0f} s") from None
@@ -299,9 +326,9 @@ def find_py_et(override: str | None) -> tuple[Path | None, str]:
     return path, ""
 
 
-def compile_c(cc: str, source: Path, out: Path) -> str | None:
-    """Compile ``source``; None on success, else the compiler's complaint."""
-    done = subprocess.run([cc, "-O2", "-o", str(out), str(source)], capture_output=True,
+def compile_c(cc: str, source: Path, out: Path, libs: tuple[str, ...] = ()) -> str | None:
+    """Compile ``source`` (linked with ``libs``); None on success, else the complaint."""
+    done = subprocess.run([cc, "-O2", "-o", str(out), str(source), *libs], capture_output=True,
                           timeout=120)
     if done.returncode != 0:
         return done.stderr.decode(errors="replace")[-500:]
@@ -309,7 +336,9 @@ def compile_c(cc: str, source: Path, out: Path) -> str | None:
 
 
 def setup_env(wanted: list[str], workdir: Path, py_et: str | None = None,
-              tcpkali: str | None = None) -> Env:
+              tcpkali: str | None = None, tls: bool = False) -> Env:
+    """Compile the generators, find the peers. ``tls``: the TLS workloads were asked for,
+    so compile tlsload.c over OpenSSL (without its headers they are skipped, with a note)."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise HarnessError("no C compiler (cc) found: the load generator is C compiled at run "
@@ -332,6 +361,19 @@ def setup_env(wanted: list[str], workdir: Path, py_et: str | None = None,
         else:
             env.notes.append(f"tcpkali cross-check skipped: {kali} is not an executable "
                              "(build it with ../shared/bench/build-tcpkali.sh)")
+    if tls:
+        tls_bin = workdir / "tlsload"
+        err = compile_c(cc, BENCH_DIR / "tlsload.c", tls_bin, ("-lssl", "-lcrypto"))
+        if err:
+            first = next((ln for ln in err.splitlines() if "error" in ln), err.splitlines()[0])
+            env.tls_skipped = ("TLS workloads skipped: tools/bench/tlsload.c did not compile "
+                               f"(OpenSSL's headers and libraries, e.g. libssl-dev): {first}")
+            env.notes.append(env.tls_skipped)
+        elif not all((CERT_DIR / f).is_file() for f in ("server.pem", "server.key", "ca.pem")):
+            env.tls_skipped = f"TLS workloads skipped: the test certificates are not in {CERT_DIR}"
+            env.notes.append(env.tls_skipped)
+        else:
+            env.tls_bin = tls_bin
     for name in wanted:
         if name == "py-et":
             env.py_et, why = find_py_et(py_et)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __doc__ as DOC
-from .base import (AIO_PEERS, FULL, LOAD_BOUND_PCT, ROOT, SERVERS, SMOKE, WORKLOADS, Env,
-                   HarnessError, Plan, setup_env)
+from .base import (AIO_PEERS, CERT_DIR, FULL, LOAD_BOUND_PCT, ROOT, SERVERS, SMOKE, TLS_SERVERS,
+                   TLS_WORKLOADS, WORKLOADS, Env, HarnessError, Plan, setup_env)
 from .tables import ms, report, report_from_file, si
 from .workloads import measure, measure_timers, steps
 
@@ -71,13 +71,15 @@ def machine() -> dict[str, Any]:
 def run(plan: Plan, env: Env, only: set[str], log: Callable[[str], None],
         emit: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    todo = steps(plan, only, tcpkali=env.tcpkali is not None)
+    todo = steps(plan, only, tcpkali=env.tcpkali is not None, tls=env.tls_bin is not None)
     for r in range(plan.repeat):
         # Servers interleave inside each configuration, so noise hits them alike.
         for workload, args in todo:
             for name in env.servers:
                 if not plan.measures(name, workload, args):
                     continue
+                if workload in TLS_WORKLOADS and name not in TLS_SERVERS:
+                    continue  # no TLS in py-et, the per-line peer, the C echo
                 t0 = time.monotonic()
                 base = {"kind": "measurement", "workload": workload, "server": name,
                         "repeat": r + 1}
@@ -117,7 +119,11 @@ def _summary(rec: dict[str, Any]) -> str:
         parts.append(f"{si(rec['lines_per_s'])} lines/s")
     if rec.get("server_cpu_s_per_mline") is not None and rec.get("workload") == "open":
         parts.append(f"{rec['server_cpu_s_per_mline']:.2f} CPU s/M lines")
-    if "initiated" in rec and rec.get("workload") in ("flood", "open"):
+    if "handshakes_per_s" in rec:
+        parts.append(f"{si(rec['handshakes_per_s'])} handshakes/s")
+        if rec.get("server_cpu_us_per_handshake") is not None:
+            parts.append(f"{rec['server_cpu_us_per_handshake']:.0f} µs server CPU/handshake")
+    if "initiated" in rec and rec.get("workload") in ("flood", "open", "tls"):
         parts.append(f"opened {rec['initiated']}/{rec['requested']}")
     if rec.get("workload") == "flood":
         parts.append(f"{rec['silent_in_window']} silent")
@@ -191,16 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         try:
-            env = setup_env(wanted, Path(tmp), py_et=a.py_et, tcpkali=a.tcpkali)
+            env = setup_env(wanted, Path(tmp), py_et=a.py_et, tcpkali=a.tcpkali,
+                            tls=bool(only & set(TLS_WORKLOADS)))
         except HarnessError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
+        if only & set(TLS_WORKLOADS) and env.tls_bin is not None and not (
+                set(env.servers) & set(TLS_SERVERS)):
+            env.notes.append("TLS workloads asked for, but none of these servers speaks TLS "
+                             f"({', '.join(TLS_SERVERS)} do)")
         run_rec = {"kind": "run", "argv": sys.argv[1:] if argv is None else list(argv),
                    "smoke": a.smoke, "plan": plan.__dict__, "machine": info,
                    "servers": env.servers, "skipped": env.skipped, "notes": env.notes,
                    "aio_peers": {name: {"loop": loop, "style": style}
                                  for name, (loop, style) in AIO_PEERS.items()},
-                   "server_cpu": env.server_cpu, "load_cpu": env.load_cpu}
+                   "server_cpu": env.server_cpu, "load_cpu": env.load_cpu,
+                   "tls": {"asked": bool(only & set(TLS_WORKLOADS)),
+                           "available": env.tls_bin is not None,
+                           "skipped": env.tls_skipped, "certs": str(CERT_DIR)}}
         emit(run_rec)
         run_rec = {"run": run_id, "commit": commit, **run_rec}
         for name, why in env.skipped.items():

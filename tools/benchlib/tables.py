@@ -7,7 +7,8 @@ import statistics
 import sys
 from typing import Any, Callable, Iterable
 
-from .base import BATCH_PEER, FLOOD_PEERS, LOAD_BOUND_PCT, PY_ET_PEER, RATIO_PEERS, TARGET_PEER
+from .base import (BATCH_PEER, FLOOD_PEERS, LOAD_BOUND_PCT, PY_ET_PEER, RATIO_PEERS, TARGET_PEER,
+                   TLS_PEERS)
 
 def si(x: float | None) -> str:
     if x is None:
@@ -263,6 +264,7 @@ def tables(res: Results, repeat: int) -> str:
             ["timers", "implementation", "per re-arm", "faster than asyncio",
              "live entries after", "check"], rows))
     out += flood_tables(res, rep)
+    out += tls_tables(res, rep)
     return "\n\n".join(out)
 
 
@@ -365,6 +367,85 @@ def flood_tables(res: Results, rep: str) -> list[str]:
     return out
 
 
+TLS_HEADS = [f"÷{peer}" for peer in TLS_PEERS]
+
+
+def tls_what(res: Results, workload: str) -> str:
+    """The protocol and cipher the generator negotiated, as the records say."""
+    seen = sorted({f"{r.get('tls_version')}, {r.get('cipher')}" for (w, _, _), recs
+                   in res.groups.items() if w == workload for r in recs if r.get("cipher")})
+    return "; ".join(seen) or "no handshake"
+
+
+def tls_tables(res: Results, rep: str) -> list[str]:
+    """The TLS firehose and the TLS handshake loop (benchlib/tls.py)."""
+    out: list[str] = []
+    srv = res.servers
+
+    def peer_meds(workload: str, cfg: str, key: str) -> list[float | None]:
+        return [res.med(workload, cfg, peer, key) for peer in TLS_PEERS]
+
+    if "tls" in res.configs:
+        rows = []
+        for cfg in res.configs["tls"]:
+            peers = peer_meds("tls", cfg, "lines_per_s")
+            for s in srv:
+                recs = res.get("tls", cfg, s)
+                if not recs:
+                    continue
+                v = median_of(recs, "lines_per_s")
+                ns = median_of(recs, "server_cpu_ns_per_line")
+                gns = median_of(recs, "gen_cpu_ns_per_line")
+                mb = median_of(recs, "plain_mb_per_s")
+                rss = median_of(recs, "server_hwm_kb")
+                rows.append([cfg, s, si(v), si(extreme(recs, "lines_per_s", min)),
+                             si(extreme(recs, "lines_per_s", max)),
+                             *(ratio(v, p) for p in peers),
+                             f"{mb:.0f} MB/s" if mb is not None else "-",
+                             pct(median_of(recs, "server_cpu_pct")),
+                             f"{ns:.1f} ns" if ns is not None else "-",
+                             f"{gns:.1f} ns" if gns is not None else "-",
+                             f"{rss / 1024:.1f} MiB" if rss else "-",
+                             secs(extreme(recs, "connect_s", max)), opened_cell(recs),
+                             gen_cell(recs), check_cell(recs)])
+        out.append(f"### TLS firehose: lines/s echoed back inside TLS ({rep}; min and max of "
+                   f"the runs; {tls_what(res, 'tls')})\n\n" + render(
+                       ["conns", "server", "lines/s", "min", "max", *TLS_HEADS,
+                        "plaintext each way", "server CPU", "CPU/line", "gen CPU/line", "peak RSS",
+                        "all handshaken in", "opened", "gen busy", "check"], rows))
+    if "handshake" in res.configs:
+        rows = []
+        for cfg in res.configs["handshake"]:
+            peers = peer_meds("handshake", cfg, "handshakes_per_s")
+            cpu_peers = peer_meds("handshake", cfg, "server_cpu_us_per_handshake")
+            for s in srv:
+                recs = res.get("handshake", cfg, s)
+                if not recs:
+                    continue
+                v = median_of(recs, "handshakes_per_s")
+                us = median_of(recs, "server_cpu_us_per_handshake")
+                gus = median_of(recs, "gen_cpu_us_per_handshake")
+                failed = extreme(recs, "failed", max)
+                clients, _, rate = cfg.partition("x")
+                rows.append([clients, "unpaced" if rate in ("", "0") else f"{int(rate):,}/s", s,
+                             si(v), *(ratio(v, p) for p in peers),
+                             pct(median_of(recs, "server_cpu_pct")),
+                             f"{us:.0f} µs" if us is not None else "-",
+                             *(ratio(us, p) for p in cpu_peers),
+                             f"{gus:.0f} µs" if gus is not None else "-",
+                             ms(median_of(recs, "hs_p50_us")), ms(median_of(recs, "hs_p99_us")),
+                             ms(median_of(recs, "cycle_p99_us")),
+                             count(median_of(recs, "initiated")), count(failed),
+                             gen_cell(recs), check_cell(recs)])
+        out.append(f"### TLS handshakes: connect, full handshake, one line echoed, RST ({rep}; "
+                   f"{tls_what(res, 'handshake')})\n\n" + render(
+                       ["clients", "offered", "server", "handshakes/s", *TLS_HEADS, "server CPU",
+                        "server CPU/handshake", *(f"CPU/hs {h}" for h in TLS_HEADS),
+                        "gen CPU/handshake", "handshake p50", "handshake p99", "cycle p99",
+                        "initiated", "failed (worst run)", "gen busy", "check"], rows))
+    return out
+
+
 def verdict(value: float, goal: float, higher: bool) -> str:
     """'met', or 'NOT met' and by how much."""
     if value >= goal if higher else value <= goal:
@@ -456,6 +537,10 @@ def targets(res: Results) -> str:
     for cfg in res.configs.get("open", []):
         add(f"open loop {cfg.replace('x', ' × ')}/s CPU per line ≤ 1.1× {PY_ET_PEER}",
             r("open", cfg, "server_cpu_s_per_mline", PY_ET_PEER), 1.1, False)
+    if "tls" in res.configs:  # issue 13: against batched asyncio's TLS, uvloop's as context
+        uv = r("tls", "1000", "lines_per_s", "uvloop")
+        add("TLS firehose 1000 conns ≥ 2× asyncio TLS", r("tls", "1000", "lines_per_s", "asyncio"),
+            2, True, why="" if uv is None else f"{uv:.2f}× uvloop TLS")
     return ("### Targets (line-echo against its peers, from the medians above)\n\n" + render(
         ["target", "measured", "verdict", f"against batched {BATCH_PEER}"], rows)
         + f"\n\nGoals against asyncio are judged against `{TARGET_PEER}`, the per-line Protocol "

@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 from .flood import measure_flood, measure_open, measure_tcpkali
-from .base import (ROOT, Env, HarnessError, Plan, Server, _child_setup,
+from .tls import measure_handshake, measure_tls_firehose
+from .base import (ROOT, TLS_WORKLOADS, Env, HarnessError, Plan, Server, _child_setup,
                    fd_count, firehose_window, proc_status_kb, read_line, stream_checks)
 
 def _connect_budget(conns: int) -> float:
@@ -173,7 +174,10 @@ def measure_timers(count: int, rounds: int) -> list[dict[str, Any]]:
 
 # -- running ----------------------------------------------------------------------------
 
-def steps(plan: Plan, only: set[str], tcpkali: bool = False) -> list[tuple[str, tuple[Any, ...]]]:
+def steps(plan: Plan, only: set[str], tcpkali: bool = False,
+          tls: bool = False) -> list[tuple[str, tuple[Any, ...]]]:
+    """What to measure, in order; ``tls``: the TLS generator is there (else the TLS
+    workloads are left out, and the run says why)."""
     out: list[tuple[str, tuple[Any, ...]]] = []
     if "firehose" in only:
         out += [("firehose", (n,)) for n in plan.firehose_conns]
@@ -189,12 +193,16 @@ def steps(plan: Plan, only: set[str], tcpkali: bool = False) -> list[tuple[str, 
         out += [("tcpkali", (n,)) for n in plan.flood_conns]
     if "open" in only:
         out += [("open", load) for load in plan.open_loads]
+    if tls and "tls" in only:
+        out += [("tls", (n,)) for n in plan.tls_conns]
+    if tls and "handshake" in only:
+        out += [("handshake", load) for load in plan.handshake_loads]
     return out
 
 
 def measure(env: Env, workload: str, args: tuple[Any, ...], server_name: str,
             plan: Plan) -> dict[str, Any]:
-    server = env.start(server_name)
+    server = env.start(server_name, tls=workload in TLS_WORKLOADS)
     try:
         if workload == "firehose":
             rec = measure_firehose(env, server, args[0], plan)
@@ -208,6 +216,10 @@ def measure(env: Env, workload: str, args: tuple[Any, ...], server_name: str,
             rec = measure_open(env, server, args[0], args[1], plan)
         elif workload == "tcpkali":
             rec = measure_tcpkali(env, server, args[0], plan)
+        elif workload == "tls":
+            rec = measure_tls_firehose(env, server, args[0], plan)
+        elif workload == "handshake":
+            rec = measure_handshake(env, server, args[0], args[1], plan)
         else:
             rec = measure_accept(env, server, plan)
         if not server.alive():
