@@ -193,7 +193,7 @@ class TLSSocket:
             if done:
                 self.handshaking, self.handshaken = False, True
                 return True
-            if not self._fill():
+            if self._fill() < 0:
                 return False  # more must come from the peer: a new edge will say so
 
     # -- reading -------------------------------------------------------------------------
@@ -208,13 +208,20 @@ class TLSSocket:
         want = nbytes or len(view)
         read = self.ssl_object.read
         total = 0
-        ended = False
+        ended = drained = False
         while total < want:
             try:
                 n = read(want - total, view[total:want])
             except ssl.SSLWantReadError:
-                if not self._fill(want - total + _RECORD):
+                if drained:
+                    break  # the kernel's last read was short: it was empty then (ET)
+                asked = want - total + _RECORD
+                got = self._fill(asked)
+                if got < 0:
                     break  # the kernel is empty: this short read is the truth
+                # A short read of the kernel proves it empty as an EAGAIN would (a later
+                # arrival raises a new edge): no second recv to hear EAGAIN said.
+                drained = got < min(asked, len(self._cbuf))
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 ended = True  # close_notify, or the peer's FIN without one: EOF either way
@@ -235,21 +242,21 @@ class TLSSocket:
             return total
         raise BlockingIOError(errno.EAGAIN, "TLS: no ciphertext waiting")
 
-    def _fill(self, most: int = 0) -> bool:
+    def _fill(self, most: int = 0) -> int:
         """Move what the kernel holds (``most`` bytes at most, 0: a buffer's worth) into the
-        incoming BIO; False if it held nothing."""
+        incoming BIO; the bytes moved (0 at EOF), or -1 if it held nothing (EAGAIN)."""
         if self._eof:
-            return False
+            return -1
         try:
             n = self.raw.recv_into(self._cbuf, most if 0 < most < len(self._cbuf) else 0)
         except (BlockingIOError, InterruptedError):
-            return False
+            return -1
         if not n:
             self._eof = True
             self._in.write_eof()
         else:
             self._in.write(self._cbuf[:n])
-        return True
+        return n
 
     # -- writing -------------------------------------------------------------------------
 
