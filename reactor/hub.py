@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from .pool import BufferPool
+from .pool import MIN_SHARE, BufferPool
 from .ring import RingBuffer
 
 #: A partial frame up to this size is kept between reads as ``bytes`` in front of the next
@@ -154,7 +154,7 @@ class Hub:
         self.scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
         # What one read needs: a short partial frame in front, one recv of at most
         # ``read_size`` bytes behind it (the per-turn ``read_budget`` is several reads).
-        one_read = read_size + SMALL_REST
+        one_read = max(read_size, MIN_SHARE) + SMALL_REST  # a share is never below MIN_SHARE
         # One buffer every connection reads into (the ring read path, reading.py); its own
         # one-chunk pool, so it never competes with the connections' chunks.
         self.scratch_ring = RingBuffer(BufferPool(one_read, 1))

@@ -4,11 +4,13 @@ handler the same bytes, in order, with the same limits, however the input is cut
 from __future__ import annotations
 
 import itertools
+import socket
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import reactor
 import reactor.connection
 import reactor.reading as reading
 from handlers.length_prefixed import LengthPrefixedCodec
@@ -294,5 +296,26 @@ def test_the_echo_path_over_real_sockets_loses_nothing_when_the_kernel_fills(mod
         wait_for(lambda: len(got) >= len(payload), 30, "the whole echo", step=step)
         sender.join(10)
         assert bytes(got) == payload and conn.bytes_out == len(payload)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_a_read_budget_below_the_smallest_share_still_reads_whole_shares(name):
+    """Loop(read_budget=2048): the read size follows it down, but a fair share is never
+    below MIN_SHARE (4 KiB), and every recv may ask a whole share: the loop's read buffers
+    must hold one (they were sized by the read size and a recv asked more than they held)."""
+    handler_cls, codec_cls, _path, _pump = PATHS[name]
+    loop = reactor.Loop(read_budget=2048)
+    try:
+        a, b = socket.socketpair()
+        h = handler_cls()
+        loop.adopt(a, h, codec_cls(4096))
+        data = b"x" * 3000 + b"\n" + b"y\n" * 2000
+        b.sendall(data)
+        for _ in range(50):
+            loop.run_once(0.005)
+        assert loop.hub.share == 4096 and h.wire() == data and loop.connection_count == 1
+        b.close()
     finally:
         loop.close()
