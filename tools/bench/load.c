@@ -56,8 +56,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LINE "ping\n"
-#define LINE_LEN 5
+#include "common.h"
+
 #define PAT_LEN (LINE_LEN * 26216)   /* ~128 KiB of "ping\n" */
 #define MAX_DEPTH 64
 #define MAX_INPROGRESS 256            /* connects in flight: stays under any listen backlog */
@@ -92,117 +92,25 @@ static char pat[PAT_LEN + LINE_LEN];
 static char rbuf[1 << 16];
 static int ep;
 static int mode;
-static int port = 9000, nconns = 1, depth = 1, server_pid = 0, extra = 0;
-static double duration = 3, warmup = 0.5, connect_timeout = 30, max_seconds = 0;
+static int depth = 1, extra = 0;
 static double open_seconds = 5, serve_window = 10;
-static uint64_t window_bytes = 65536;
 static conn_t *conns;     /* nconns main connections, then extra probes */
 static int inprogress = 0, next_connect = 0, n_open = 0, n_failed = 0, n_dropped = 0;
 static int probes_served = 0, probes_lost = 0;  /* lost: failed to connect or dropped unserved */
 static uint64_t mismatches = 0;
 static int measuring = 0;
 static uint64_t lines_window = 0;
-static uint64_t hist[8192];
-static uint64_t hist_n = 0, lat_max = 0;
+static hist_t lat_hist;         /* closed and open loop: per-line latency, in the window */
 static struct sockaddr_in server;
-static int cores[2] = {-1, -1};  /* --cores S,L: the server's and this process's CPUs */
 static double connect_rate = 0;  /* connects per second at most; 0 = unpaced */
 static double t_connect0 = 0;    /* when connecting started */
 static int n_initiated = 0;      /* connect() calls made, probes included */
-static double period_ms = 500, drain_seconds = 5;
+static double period_ms = 500;
 static int sched_on = 0;         /* open loop: lines are being made due */
 static uint64_t sched_j = 0;     /* open loop: lines made due so far, over all connections */
 static double sched_t0 = 0, sched_dt = 0;
 static uint64_t due_window = 0, lat_skipped = 0;
 static uint64_t last_rx_any = 0, gap_any_max = 0;  /* arrivals on any connection */
-
-static uint64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-static double now_s(void) { return (double)now_ns() / 1e9; }
-
-static double cpu_self(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
-
-static double cpu_of(int pid) {
-    if (!pid) return 0;
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p) return -1;
-    unsigned long ut = 0, st = 0;
-    /* after ") ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static long status_kb(int pid, const char *key) {
-    if (!pid) return 0;
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    long v = -1;
-    size_t kl = strlen(key);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, key, kl) && line[kl] == ':') { v = atol(line + kl + 1); break; }
-    fclose(f);
-    return v;
-}
-
-/* CPU time (s) a core spent running tasks (user+nice+system) and stolen by the hypervisor. */
-static void core_times(int core, double *busy, double *steal) {
-    *busy = *steal = 0;
-    if (core < 0) return;
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return;
-    char line[512], want[16];
-    int wl = snprintf(want, sizeof want, "cpu%d ", core);
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, want, (size_t)wl)) continue;
-        unsigned long long u = 0, n = 0, sy = 0, id = 0, io = 0, irq = 0, sirq = 0, st = 0;
-        sscanf(line + wl, "%llu %llu %llu %llu %llu %llu %llu %llu", &u, &n, &sy, &id, &io, &irq, &sirq, &st);
-        double hz = (double)sysconf(_SC_CLK_TCK);
-        *busy = (double)(u + n + sy) / hz;
-        *steal = (double)st / hz;
-        break;
-    }
-    fclose(f);
-}
-
-/* Latency histogram: exact below 256 ns, then 128 sub-buckets per power of two (<0.8 %). */
-static int hbucket(uint64_t v) {
-    if (v < 256) return (int)v;
-    int msb = 63 - __builtin_clzll(v);
-    int b = 256 + (msb - 8) * 128 + (int)((v >> (msb - 7)) & 127);
-    return b < 8192 ? b : 8191;
-}
-static double hvalue(int b) {  /* the middle of bucket b, in ns */
-    if (b < 256) return b;
-    int m = (b - 256) / 128 + 8, sub = (b - 256) % 128;
-    double lo = (double)(128 + sub) * (double)(1ull << (m - 7));
-    return lo + (double)(1ull << (m - 7)) / 2;
-}
-static double percentile_us(double p) {
-    if (!hist_n) return -1;
-    uint64_t want = (uint64_t)(p * (double)hist_n + 0.999999), acc = 0;
-    if (want < 1) want = 1;
-    for (int b = 0; b < 8192; b++) {
-        acc += hist[b];
-        if (acc >= want) return hvalue(b) / 1000.0;
-    }
-    return (double)lat_max / 1000.0;
-}
 
 static void kill_conn(conn_t *c, int dropped) {
     if (c->state == DEAD) return;
@@ -211,26 +119,18 @@ static void kill_conn(conn_t *c, int dropped) {
     if (c->probe >= 0) { if (!c->served) probes_lost++; }
     else if (dropped) n_dropped++;
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-    struct linger lg = {1, 0};  /* reset, so no TIME_WAIT piles up over many runs */
-    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    close(c->fd);
+    close_rst(c->fd);
     c->state = DEAD;
 }
 
 static void start_connect(conn_t *c) {
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    c->fd = tcp_socket();
     if (c->fd < 0) { c->state = DEAD; if (c->probe >= 0) probes_lost++; else n_failed++; return; }
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->state = CONNECTING;
     c->t_open = now_s();
     inprogress++;
     n_initiated++;
-    struct epoll_event ev = {0};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.ptr = c;
-    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
-    if (connect(c->fd, (struct sockaddr *)&server, sizeof server) < 0 && errno != EINPROGRESS) {
+    if (watch_and_connect(ep, c->fd, c, &server) < 0) {
         kill_conn(c, 0);
         if (c->probe < 0) n_failed++;
     }
@@ -330,10 +230,7 @@ static void on_data_open(conn_t *c, const char *data, size_t n) {
             if (c->seq_due - c->seq_rx <= MAX_DEPTH) {
                 if (!t) t = now_ns();
                 uint64_t due = c->ts[c->seq_rx % MAX_DEPTH];
-                uint64_t lat = t > due ? t - due : 0;
-                hist[hbucket(lat)]++;
-                hist_n++;
-                if (lat > lat_max) lat_max = lat;
+                hadd(&lat_hist, t > due ? t - due : 0);
             } else {
                 lat_skipped++;  /* more than MAX_DEPTH outstanding: its due time is gone */
             }
@@ -383,12 +280,7 @@ static void on_data(conn_t *c, const char *data, size_t n) {
         if (c->recvd == PROBE_LEN && !c->served) { c->served = 1; probes_served++; }
         return;
     }
-    /* The stream back must be exactly "ping\n" repeated, from where it left off. */
-    if (memcmp(data, pat + c->recvd % LINE_LEN, n) != 0) mismatches++;
-    uint64_t before = c->recvd / LINE_LEN;
-    c->recvd += n;
-    if (c->recvd > c->sent) mismatches++;  /* more back than was ever sent */
-    uint64_t done = c->recvd / LINE_LEN - before;
+    uint64_t done = check_echo(pat, data, n, &c->recvd, c->sent, &mismatches);
     if (measuring) lines_window += done;
     if (mode == M_CLOSED && done) {
         uint64_t t = now_ns();
@@ -397,11 +289,7 @@ static void on_data(conn_t *c, const char *data, size_t n) {
             uint64_t lat = t - c->ts[c->ts_head];
             c->ts_head = (c->ts_head + 1) % MAX_DEPTH;
             c->ts_count--;
-            if (measuring) {
-                hist[hbucket(lat)]++;
-                hist_n++;
-                if (lat > lat_max) lat_max = lat;
-            }
+            if (measuring) hadd(&lat_hist, lat);
             int slot = (c->ts_head + c->ts_count) % MAX_DEPTH;
             c->ts[slot] = t;
             c->ts_count++;
@@ -414,10 +302,7 @@ static void on_event(conn_t *c, uint32_t e) {
     if (c->state == DEAD) return;
     if (c->state == CONNECTING) {
         if (!(e & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-        int err = 0;
-        socklen_t l = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
-        if (err || (e & EPOLLERR)) { kill_conn(c, 0); if (c->probe < 0) n_failed++; return; }
+        if (connect_error(c->fd) || (e & EPOLLERR)) { kill_conn(c, 0); if (c->probe < 0) n_failed++; return; }
         on_open(c);
         if (c->state != OPEN) return;
     }
@@ -443,7 +328,6 @@ static void on_event(conn_t *c, uint32_t e) {
 
 /* One pass of the event loop: start connects up to the cap, wait, dispatch. */
 static struct epoll_event evs[4096];
-static int spin = 0;           /* --spin 1: poll without sleeping once connected */
 static double idle_polls_s = 0; /* time in polls that found nothing, while measuring */
 
 /* Wait for events. Spinning keeps this core awake, so the server's sends never pay for
@@ -481,21 +365,9 @@ static void connect_all(void) {
         if (conns[i].state == CONNECTING) { kill_conn(&conns[i], 0); n_failed++; }
 }
 
-static void run_until(double t_end) {
-    for (;;) {
-        double left = t_end - now_s();
-        if (left <= 0) return;
-        run_once(left > 0.05 ? 50 : (int)(left * 1000) + 1);
-    }
-}
-
 static void finish(void) {
     for (int i = 0; i < nconns + extra; i++)
-        if (conns[i].state != DEAD) {
-            struct linger lg = {1, 0};
-            setsockopt(conns[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-            close(conns[i].fd);
-        }
+        if (conns[i].state != DEAD) close_rst(conns[i].fd);
 }
 
 static int starved_main(void) {  /* open main connections that never got a whole line back */
@@ -503,11 +375,6 @@ static int starved_main(void) {  /* open main connections that never got a whole
     for (int i = 0; i < nconns; i++)
         if (conns[i].state == OPEN && conns[i].recvd < LINE_LEN) s++;
     return s;
-}
-
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
 }
 
 static void idle_mode(void) {
@@ -543,32 +410,21 @@ static void idle_mode(void) {
     finish();
 }
 
+/* The options of load.c's own (common.h has those both generators take). */
+static int own_option(const char *a, const char *v) {
+    if (!strcmp(a, "--depth")) depth = atoi(v);
+    else if (!strcmp(a, "--extra")) extra = atoi(v);
+    else if (!strcmp(a, "--open-seconds")) open_seconds = atof(v);
+    else if (!strcmp(a, "--serve-window")) serve_window = atof(v);
+    else if (!strcmp(a, "--connect-rate")) connect_rate = atof(v);
+    else if (!strcmp(a, "--period-ms")) period_ms = atof(v);
+    else return 0;
+    return 1;
+}
+
 int main(int argc, char **argv) {
     const char *mode_s = "firehose";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) { fprintf(stderr, "load: %s needs a value\n", a); return 2; }
-        i++;
-        if (!strcmp(a, "--mode")) mode_s = v;
-        else if (!strcmp(a, "--port")) port = atoi(v);
-        else if (!strcmp(a, "--conns")) nconns = atoi(v);
-        else if (!strcmp(a, "--depth")) depth = atoi(v);
-        else if (!strcmp(a, "--window")) window_bytes = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--duration")) duration = atof(v);
-        else if (!strcmp(a, "--warmup")) warmup = atof(v);
-        else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
-        else if (!strcmp(a, "--max-seconds")) max_seconds = atof(v);
-        else if (!strcmp(a, "--server-pid")) server_pid = atoi(v);
-        else if (!strcmp(a, "--spin")) spin = atoi(v);
-        else if (!strcmp(a, "--cores")) sscanf(v, "%d,%d", &cores[0], &cores[1]);
-        else if (!strcmp(a, "--extra")) extra = atoi(v);
-        else if (!strcmp(a, "--open-seconds")) open_seconds = atof(v);
-        else if (!strcmp(a, "--serve-window")) serve_window = atof(v);
-        else if (!strcmp(a, "--connect-rate")) connect_rate = atof(v);
-        else if (!strcmp(a, "--period-ms")) period_ms = atof(v);
-        else if (!strcmp(a, "--drain-seconds")) drain_seconds = atof(v);
-        else { fprintf(stderr, "load: unknown option %s\n", a); return 2; }
-    }
+    if (parse_args("load", argc, argv, &mode_s, own_option)) return 2;
     if (!strcmp(mode_s, "firehose")) mode = M_FIREHOSE;
     else if (!strcmp(mode_s, "closed")) mode = M_CLOSED;
     else if (!strcmp(mode_s, "idle")) mode = M_IDLE;
@@ -581,15 +437,9 @@ int main(int argc, char **argv) {
     if (window_bytes < LINE_LEN) window_bytes = LINE_LEN;
     if (period_ms <= 0) { fprintf(stderr, "load: bad --period-ms\n"); return 2; }
     if (max_seconds <= 0) max_seconds = connect_timeout + warmup + duration + serve_window + drain_seconds + 60;
-    alarm((unsigned)max_seconds + 1);  /* the default action ends the process: bounded whatever happens */
-    signal(SIGPIPE, SIG_IGN);
-
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
-    for (int i = 0; i < PAT_LEN + LINE_LEN; i++) pat[i] = LINE[i % LINE_LEN];
-    server.sin_family = AF_INET;
-    server.sin_port = htons((unsigned short)port);
-    server.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    process_setup(max_seconds);
+    fill_pattern(pat, sizeof pat);
+    server = loopback(port);
     ep = epoll_create1(EPOLL_CLOEXEC);
     conns = calloc((size_t)(nconns + extra + 1), sizeof *conns);
     for (int i = 0; i < nconns + extra; i++) { conns[i].probe = i < nconns ? -1 : i - nconns; conns[i].state = DEAD; }
@@ -604,13 +454,12 @@ int main(int argc, char **argv) {
         sched_t0 = now_s();
         sched_dt = period_ms / 1000.0 / (nconns > 0 ? nconns : 1);
     }
-    run_until(now_s() + warmup);
+    run_until(now_s() + warmup, run_once);
 
     /* The measured window. */
-    double cb0[2], cs0[2], cb1[2], cs1[2];
-    core_times(cores[0], &cb0[0], &cs0[0]);
-    core_times(cores[1], &cb0[1], &cs0[1]);
-    double srv0 = cpu_of(server_pid), me0 = cpu_self(), t0 = now_s();
+    window_t w;
+    window_open(&w);
+    double t0 = w.t0;
     uint64_t t0_ns = (uint64_t)(t0 * 1e9);
     last_rx_any = t0_ns;
     for (int i = 0; i < nconns; i++) {
@@ -645,11 +494,10 @@ int main(int argc, char **argv) {
             }
         }
     } else {
-        run_until(t0 + duration);
+        run_until(t0 + duration, run_once);
     }
-    double t1 = now_s(), me1 = cpu_self(), srv1 = cpu_of(server_pid);
-    core_times(cores[0], &cb1[0], &cs1[0]);
-    core_times(cores[1], &cb1[1], &cs1[1]);
+    window_close(&w);
+    double t1 = w.t1;
     measuring = 0;
     double wall = t1 - t0;
     uint64_t t1_ns = (uint64_t)(t1 * 1e9);
@@ -706,16 +554,14 @@ int main(int argc, char **argv) {
            n_open, n_failed, n_dropped, starved,
            (unsigned long long)mismatches, (unsigned long long)bytes_back,
            (unsigned long long)lines_window, wall > 0 ? (double)lines_window / wall : 0.0,
-           wall > 0 ? 100.0 * (me1 - me0) / wall : 0.0,
-           wall > 0 ? 100.0 * ((me1 - me0) / wall) * (1.0 - idle_polls_s / wall) : 0.0,
-           (server_pid && wall > 0 && srv0 >= 0 && srv1 >= 0) ? 100.0 * (srv1 - srv0) / wall : -1.0,
+           gen_cpu_pct(&w), gen_busy_pct(&w, idle_polls_s), server_cpu_pct(&w),
            status_kb(server_pid, "VmRSS"), status_kb(server_pid, "VmHWM"));
     printf(", \"requested\": %d, \"initiated\": %d, \"connect_rate\": %.0f, \"t0_mono\": %.6f, "
            "\"t1_mono\": %.6f, \"server_cpu_s\": %.3f, \"silent_in_window\": %d, "
            "\"conn_lines_min\": %llu, \"conn_lines_med\": %llu, \"conn_lines_max\": %llu, "
            "\"gap_max_s\": %.4f",
            nconns, n_initiated, connect_rate, t0, t1,
-           (server_pid && srv0 >= 0 && srv1 >= 0) ? srv1 - srv0 : -1.0, silent,
+           server_cpu_s(&w), silent,
            (unsigned long long)(nper ? per[0] : 0), (unsigned long long)(nper ? per[nper / 2] : 0),
            (unsigned long long)(nper ? per[nper - 1] : 0), (double)gap_any_max / 1e9);
     if (mode == M_FLOOD) printf(", \"conn_gap_max_s\": %.4f", (double)conn_gap / 1e9);
@@ -725,23 +571,16 @@ int main(int argc, char **argv) {
                "\"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, \"lat_p999_us\": %.1f, "
                "\"lat_max_us\": %.1f",
                period_ms, nconns * 1000.0 / period_ms, (unsigned long long)due_window,
-               (unsigned long long)unanswered, (unsigned long long)hist_n,
-               (unsigned long long)lat_skipped, percentile_us(0.50), percentile_us(0.99),
-               percentile_us(0.999), (double)lat_max / 1000.0);
+               (unsigned long long)unanswered, (unsigned long long)lat_hist.n,
+               (unsigned long long)lat_skipped, hpct_us(&lat_hist, 0.50), hpct_us(&lat_hist, 0.99),
+               hpct_us(&lat_hist, 0.999), (double)lat_hist.max / 1000.0);
     free(per);
-    if (cores[0] >= 0 && wall > 0) {
-        /* What else ran on the two cores during the window: other tasks, and steal. */
-        double other_s = 100.0 * (cb1[0] - cb0[0] - (srv1 - srv0)) / wall;
-        double other_l = 100.0 * (cb1[1] - cb0[1] - (me1 - me0)) / wall;
-        printf(", \"other_on_server_core_pct\": %.1f, \"other_on_load_core_pct\": %.1f, "
-               "\"steal_pct\": %.1f", other_s < 0 ? 0 : other_s, other_l < 0 ? 0 : other_l,
-               100.0 * (cs1[0] - cs0[0] + cs1[1] - cs0[1]) / wall);
-    }
+    print_core_load(&w);
     if (mode == M_CLOSED)
         printf(", \"lat_samples\": %llu, \"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, "
                "\"lat_p999_us\": %.1f, \"lat_max_us\": %.1f",
-               (unsigned long long)hist_n, percentile_us(0.50), percentile_us(0.99),
-               percentile_us(0.999), (double)lat_max / 1000.0);
+               (unsigned long long)lat_hist.n, hpct_us(&lat_hist, 0.50), hpct_us(&lat_hist, 0.99),
+               hpct_us(&lat_hist, 0.999), (double)lat_hist.max / 1000.0);
     if (mode == M_ACCEPT)
         printf(", \"extra\": %d, \"open_seconds\": %.2f, \"serve_window\": %.2f, "
                "\"probes_opened\": %d, \"probes_connected\": %d, \"probes_served\": %d, "

@@ -60,8 +60,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LINE "ping\n"
-#define LINE_LEN 5
+#include "common.h"
+
 #define PAT_LEN (LINE_LEN * 3277)     /* 16,385 bytes: one TLS record's worth per write */
 #define MAX_INPROGRESS 256            /* connecting or handshaking at once (firehose) */
 #define HS_LINE_LEN 19                /* "hs %06u %08u\n" */
@@ -88,20 +88,15 @@ static char pat[PAT_LEN + LINE_LEN];
 static char rbuf[1 << 16];
 static int ep;
 static int mode;
-static int port = 9000, nconns = 1, server_pid = 0;
-static double duration = 3, warmup = 0.5, connect_timeout = 30, max_seconds = 0;
-static double cycle_timeout = 10, drain_seconds = 5;
+static double cycle_timeout = 10;
 static double rate = 0;          /* handshake mode: cycles started per second; 0 = unpaced */
 static double next_start = 0;    /* paced: when the next cycle falls due (s) */
 static uint64_t n_late = 0;      /* paced: starts that found no free slot for 50 ms */
-static uint64_t window_bytes = 65536;
 static const char *ca_path = NULL;
 static int tls_version = 13;
 static SSL_CTX *ctx;
 static conn_t *conns;
 static struct sockaddr_in server;
-static int cores[2] = {-1, -1};  /* --cores S,L: the server's and this process's CPUs */
-static int spin = 0;
 static int measuring = 0, cycling = 1;
 
 /* What happened, over the whole run. */
@@ -114,100 +109,8 @@ static uint64_t lines_window = 0, hs_window = 0, cycles_window = 0;
 static char first_error[200] = "";
 static char neg_version[32] = "", neg_cipher[64] = "";
 
-static uint64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-static double now_s(void) { return (double)now_ns() / 1e9; }
-
-static double cpu_self(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
-
-static double cpu_of(int pid) {
-    if (!pid) return 0;
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p) return -1;
-    unsigned long ut = 0, st = 0;
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static long status_kb(int pid, const char *key) {
-    if (!pid) return 0;
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    long v = -1;
-    size_t kl = strlen(key);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, key, kl) && line[kl] == ':') { v = atol(line + kl + 1); break; }
-    fclose(f);
-    return v;
-}
-
-/* CPU time (s) a core spent running tasks (user+nice+system) and stolen by the hypervisor. */
-static void core_times(int core, double *busy, double *steal) {
-    *busy = *steal = 0;
-    if (core < 0) return;
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return;
-    char line[512], want[16];
-    int wl = snprintf(want, sizeof want, "cpu%d ", core);
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, want, (size_t)wl)) continue;
-        unsigned long long u = 0, n = 0, sy = 0, id = 0, io = 0, irq = 0, sirq = 0, st = 0;
-        sscanf(line + wl, "%llu %llu %llu %llu %llu %llu %llu %llu", &u, &n, &sy, &id, &io, &irq, &sirq, &st);
-        double hz = (double)sysconf(_SC_CLK_TCK);
-        *busy = (double)(u + n + sy) / hz;
-        *steal = (double)st / hz;
-        break;
-    }
-    fclose(f);
-}
-
-/* Latency histograms (handshake mode): exact below 256 ns, then 128 sub-buckets per
- * power of two (< 0.8 % error), as load.c's. */
-typedef struct { uint64_t b[8192]; uint64_t n, max; } hist_t;
+/* Latency histograms (handshake mode): handshake, and the whole cycle. */
 static hist_t h_hs, h_cycle;
-static int hbucket(uint64_t v) {
-    if (v < 256) return (int)v;
-    int msb = 63 - __builtin_clzll(v);
-    int b = 256 + (msb - 8) * 128 + (int)((v >> (msb - 7)) & 127);
-    return b < 8192 ? b : 8191;
-}
-static double hvalue(int b) {
-    if (b < 256) return b;
-    int m = (b - 256) / 128 + 8, sub = (b - 256) % 128;
-    double lo = (double)(128 + sub) * (double)(1ull << (m - 7));
-    return lo + (double)(1ull << (m - 7)) / 2;
-}
-static void hadd(hist_t *h, uint64_t v) {
-    h->b[hbucket(v)]++;
-    h->n++;
-    if (v > h->max) h->max = v;
-}
-static double hpct_us(const hist_t *h, double p) {
-    if (!h->n) return -1;
-    uint64_t want = (uint64_t)(p * (double)h->n + 0.999999), acc = 0;
-    if (want < 1) want = 1;
-    for (int b = 0; b < 8192; b++) {
-        acc += h->b[b];
-        if (acc >= want) return hvalue(b) / 1000.0;
-    }
-    return (double)h->max / 1000.0;
-}
 
 static void note_error(const char *what) {
     if (first_error[0]) { ERR_clear_error(); return; }
@@ -226,9 +129,7 @@ static void close_conn(conn_t *c) {
     if (c->state == CONNECTING || c->state == HANDSHAKING) inprogress--;
     if (c->state == OPEN) n_open--;
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-    struct linger lg = {1, 0};
-    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    close(c->fd);
+    close_rst(c->fd);
     if (c->ssl) { SSL_free(c->ssl); c->ssl = NULL; }
     c->state = DEAD;
 }
@@ -268,17 +169,11 @@ static void start_connect(conn_t *c) {
     c->cycle++;
     c->t_start = now_ns();
     n_initiated++;
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    c->fd = tcp_socket();
     if (c->fd < 0) { n_connect_failed++; note_error("socket"); c->state = DEAD; return; }
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->state = CONNECTING;
     inprogress++;
-    struct epoll_event ev = {0};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.ptr = c;
-    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
-    if (connect(c->fd, (struct sockaddr *)&server, sizeof server) < 0 && errno != EINPROGRESS) {
+    if (watch_and_connect(ep, c->fd, c, &server) < 0) {
         n_connect_failed++;
         note_error("connect");
         close_conn(c);  /* handshake mode: the slot starts again at the next scan or pace */
@@ -294,11 +189,8 @@ static void fail(conn_t *c, uint64_t *counter, const char *what) {
 /* The plaintext that came back. */
 static void on_data(conn_t *c, const char *data, size_t n) {
     if (mode == M_FIREHOSE) {
-        if (memcmp(data, pat + c->recvd % LINE_LEN, n) != 0) mismatches++;
-        uint64_t before = c->recvd / LINE_LEN;
-        c->recvd += n;
-        if (c->recvd > c->sent) mismatches++;  /* more back than was ever sent */
-        if (measuring) lines_window += c->recvd / LINE_LEN - before;
+        uint64_t done = check_echo(pat, data, n, &c->recvd, c->sent, &mismatches);
+        if (measuring) lines_window += done;
         return;
     }
     /* The echo must be exactly this cycle's line: a wrong byte, or one more, fails it. */
@@ -398,9 +290,7 @@ static void on_event(conn_t *c, uint32_t e) {
     if (c->state == DEAD) return;
     if (c->state == CONNECTING) {
         if (!(e & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-        int err = 0;
-        socklen_t l = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        int err = connect_error(c->fd);
         if (err || (e & EPOLLERR)) { errno = err; fail(c, &n_connect_failed, "connect"); return; }
         c->ssl = SSL_new(ctx);
         SSL_set_fd(c->ssl, c->fd);
@@ -458,59 +348,31 @@ static void run_once(int timeout_ms) {
     }
 }
 
-static void run_until(double t_end) {
-    for (;;) {
-        double left = t_end - now_s();
-        if (left <= 0) return;
-        run_once(left > 0.05 ? 50 : (int)(left * 1000) + 1);
-    }
-}
-
 static void finish(void) {
     for (int i = 0; i < nconns; i++) close_conn(&conns[i]);
 }
 
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+/* The options of tlsload.c's own (common.h has those both generators take). */
+static int own_option(const char *a, const char *v) {
+    if (!strcmp(a, "--cycle-timeout")) cycle_timeout = atof(v);
+    else if (!strcmp(a, "--rate")) rate = atof(v);
+    else if (!strcmp(a, "--ca")) ca_path = v;
+    else if (!strcmp(a, "--tls-version")) tls_version = !strcmp(v, "1.2") ? 12 : !strcmp(v, "1.3") ? 13 : 0;
+    else return 0;
+    return 1;
 }
 
 int main(int argc, char **argv) {
     const char *mode_s = "firehose";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) { fprintf(stderr, "tlsload: %s needs a value\n", a); return 2; }
-        i++;
-        if (!strcmp(a, "--mode")) mode_s = v;
-        else if (!strcmp(a, "--port")) port = atoi(v);
-        else if (!strcmp(a, "--conns")) nconns = atoi(v);
-        else if (!strcmp(a, "--window")) window_bytes = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--duration")) duration = atof(v);
-        else if (!strcmp(a, "--warmup")) warmup = atof(v);
-        else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
-        else if (!strcmp(a, "--cycle-timeout")) cycle_timeout = atof(v);
-        else if (!strcmp(a, "--drain-seconds")) drain_seconds = atof(v);
-        else if (!strcmp(a, "--rate")) rate = atof(v);
-        else if (!strcmp(a, "--max-seconds")) max_seconds = atof(v);
-        else if (!strcmp(a, "--server-pid")) server_pid = atoi(v);
-        else if (!strcmp(a, "--spin")) spin = atoi(v);
-        else if (!strcmp(a, "--cores")) sscanf(v, "%d,%d", &cores[0], &cores[1]);
-        else if (!strcmp(a, "--ca")) ca_path = v;
-        else if (!strcmp(a, "--tls-version")) tls_version = !strcmp(v, "1.2") ? 12 : !strcmp(v, "1.3") ? 13 : 0;
-        else { fprintf(stderr, "tlsload: unknown option %s\n", a); return 2; }
-    }
+    if (parse_args("tlsload", argc, argv, &mode_s, own_option)) return 2;
     if (!strcmp(mode_s, "firehose")) mode = M_FIREHOSE;
     else if (!strcmp(mode_s, "handshake")) mode = M_HANDSHAKE;
     else { fprintf(stderr, "tlsload: unknown mode %s\n", mode_s); return 2; }
     if (nconns < 1 || !tls_version || cycle_timeout <= 0 || rate < 0) { fprintf(stderr, "tlsload: bad arguments\n"); return 2; }
     if (window_bytes < LINE_LEN) window_bytes = LINE_LEN;
     if (max_seconds <= 0) max_seconds = connect_timeout + warmup + duration + drain_seconds + 60;
-    alarm((unsigned)max_seconds + 1);  /* the default action ends the process: bounded whatever happens */
-    signal(SIGPIPE, SIG_IGN);
-
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
-    for (int i = 0; i < PAT_LEN + LINE_LEN; i++) pat[i] = LINE[i % LINE_LEN];
+    process_setup(max_seconds);
+    fill_pattern(pat, sizeof pat);
 
     ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx) { fprintf(stderr, "tlsload: SSL_CTX_new failed\n"); return 1; }
@@ -531,9 +393,7 @@ int main(int argc, char **argv) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     }
 
-    server.sin_family = AF_INET;
-    server.sin_port = htons((unsigned short)port);
-    server.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    server = loopback(port);
     ep = epoll_create1(EPOLL_CLOEXEC);
     conns = calloc((size_t)nconns + 1, sizeof *conns);
     for (int i = 0; i < nconns; i++) conns[i].state = DEAD;
@@ -554,21 +414,17 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nconns; i++) start_connect(&conns[i]);
     }
     double connect_s = now_s() - t_connect;
-    run_until(now_s() + warmup);
+    run_until(now_s() + warmup, run_once);
 
     /* The measured window. */
-    double cb0[2], cs0[2], cb1[2], cs1[2];
-    core_times(cores[0], &cb0[0], &cs0[0]);
-    core_times(cores[1], &cb0[1], &cs0[1]);
-    double srv0 = cpu_of(server_pid), me0 = cpu_self(), t0 = now_s();
+    window_t w;
+    window_open(&w);
     for (int i = 0; i < nconns; i++) conns[i].lines_t0 = conns[i].recvd / LINE_LEN;
     measuring = 1;
-    run_until(t0 + duration);
-    double t1 = now_s(), me1 = cpu_self(), srv1 = cpu_of(server_pid);
-    core_times(cores[0], &cb1[0], &cs1[0]);
-    core_times(cores[1], &cb1[1], &cs1[1]);
+    run_until(w.t0 + duration, run_once);
+    window_close(&w);
     measuring = 0;
-    double wall = t1 - t0;
+    double wall = w.t1 - w.t0;
 
     /* Firehose: lines per connection in the window; open ones that never got a line. */
     uint64_t *per = calloc((size_t)nconns + 1, sizeof *per);
@@ -607,15 +463,12 @@ int main(int argc, char **argv) {
            "\"mismatches\": %llu, \"handshakes\": %llu, \"resumed\": %llu, \"first_error\": \"%s\", "
            "\"gen_cpu_pct\": %.1f, \"gen_busy_pct\": %.1f, \"server_cpu_pct\": %.1f, "
            "\"server_cpu_s\": %.3f, \"server_rss_kb\": %ld, \"server_hwm_kb\": %ld",
-           mode_s, nconns, nconns, (unsigned long long)n_initiated, connect_s, wall, t0, t1,
+           mode_s, nconns, nconns, (unsigned long long)n_initiated, connect_s, wall, w.t0, w.t1,
            neg_version, neg_cipher, ca_path ? "true" : "false",
            (unsigned long long)n_connect_failed, (unsigned long long)n_hs_failed,
            (unsigned long long)n_dropped, (unsigned long long)mismatches,
            (unsigned long long)n_handshakes, (unsigned long long)n_resumed, first_error,
-           wall > 0 ? 100.0 * (me1 - me0) / wall : 0.0,
-           wall > 0 ? 100.0 * ((me1 - me0) / wall) * (1.0 - idle_polls_s / wall) : 0.0,
-           (server_pid && wall > 0 && srv0 >= 0 && srv1 >= 0) ? 100.0 * (srv1 - srv0) / wall : -1.0,
-           (server_pid && srv0 >= 0 && srv1 >= 0) ? srv1 - srv0 : -1.0,
+           gen_cpu_pct(&w), gen_busy_pct(&w, idle_polls_s), server_cpu_pct(&w), server_cpu_s(&w),
            status_kb(server_pid, "VmRSS"), status_kb(server_pid, "VmHWM"));
     if (mode == M_FIREHOSE)
         printf(", \"window_bytes\": %llu, \"open\": %d, \"starved\": %d, \"bytes_verified\": %llu, "
@@ -641,13 +494,7 @@ int main(int argc, char **argv) {
                hpct_us(&h_cycle, 0.50), hpct_us(&h_cycle, 0.99), hpct_us(&h_cycle, 0.999),
                (double)h_cycle.max / 1000.0);
     free(per);
-    if (cores[0] >= 0 && wall > 0) {
-        double other_s = 100.0 * (cb1[0] - cb0[0] - (srv1 - srv0)) / wall;
-        double other_l = 100.0 * (cb1[1] - cb0[1] - (me1 - me0)) / wall;
-        printf(", \"other_on_server_core_pct\": %.1f, \"other_on_load_core_pct\": %.1f, "
-               "\"steal_pct\": %.1f", other_s < 0 ? 0 : other_s, other_l < 0 ? 0 : other_l,
-               100.0 * (cs1[0] - cs0[0] + cs1[1] - cs0[1]) / wall);
-    }
+    print_core_load(&w);
     printf("}\n");
     fflush(stdout);
     finish();

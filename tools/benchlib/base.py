@@ -327,7 +327,9 @@ def find_py_et(override: str | None) -> tuple[Path | None, str]:
 
 
 def compile_c(cc: str, source: Path, out: Path, libs: tuple[str, ...] = ()) -> str | None:
-    """Compile ``source`` (linked with ``libs``); None on success, else the complaint."""
+    """Compile ``source`` (linked with ``libs``); None on success, else the complaint.
+    load.c and tlsload.c both ``#include "common.h"``, which cc finds beside the source
+    (tools/bench/), so no -I is needed."""
     done = subprocess.run([cc, "-O2", "-o", str(out), str(source), *libs], capture_output=True,
                           timeout=120)
     if done.returncode != 0:
@@ -397,21 +399,33 @@ def setup_env(wanted: list[str], workdir: Path, py_et: str | None = None,
     return env
 
 
-def stream_checks(out: dict[str, Any], conns: int) -> dict[str, Any]:
-    """What the generator saw: bytes, connections, service (notes); other load (warnings)."""
-    notes, warnings = [], []
+def noise_warnings(out: dict[str, Any]) -> list[str]:
+    """A warning if other tasks (or steal) took more than NOISY_PCT of the pinned cores
+    during the window (load.c and tlsload.c report both with --cores)."""
     other = max(out.get("other_on_server_core_pct", 0), out.get("other_on_load_core_pct", 0))
-    if other + out.get("steal_pct", 0) > NOISY_PCT:
-        warnings.append(f"noisy: {other + out.get('steal_pct', 0):.0f}% other load on the cores")
-    if out["mismatches"]:
-        notes.append(f"BAD BYTES x{out['mismatches']}")
-    if out["connect_failed"]:
-        notes.append(f"{out['connect_failed']}/{conns} connects failed")
+    load = other + out.get("steal_pct", 0)
+    return [f"noisy: {load:.0f}% other load on the cores"] if load > NOISY_PCT else []
+
+
+def service_notes(out: dict[str, Any], conns: int) -> list[str]:
+    """What a stream's connections went without: kept, served at all, anything echoed."""
+    notes = []
     if out["dropped"]:
         notes.append(f"{out['dropped']}/{conns} dropped")
     if out["starved"]:
         notes.append(f"{out['starved']}/{conns} never served")
     if out["lines"] <= 0:
         notes.append("nothing echoed in the window")
-    return {"verified": not notes, "notes": notes, "warnings": warnings,
+    return notes
+
+
+def stream_checks(out: dict[str, Any], conns: int) -> dict[str, Any]:
+    """What the generator saw: bytes, connections, service (notes); other load (warnings)."""
+    notes = []
+    if out["mismatches"]:
+        notes.append(f"BAD BYTES x{out['mismatches']}")
+    if out["connect_failed"]:
+        notes.append(f"{out['connect_failed']}/{conns} connects failed")
+    notes += service_notes(out, conns)
+    return {"verified": not notes, "notes": notes, "warnings": noise_warnings(out),
             "bytes_ok": not out["mismatches"]}

@@ -162,8 +162,10 @@ class Results:
     def med(self, workload: str, config: str, server: str, key: str) -> float | None:
         return median_of(self.get(workload, config, server), key)
 
-    def peer_meds(self, workload: str, config: str, key: str) -> list[float | None]:
-        return [self.med(workload, config, peer, key) for peer in RATIO_PEERS]
+    def peer_meds(self, workload: str, config: str, key: str,
+                  peers: Iterable[str] = RATIO_PEERS) -> list[float | None]:
+        """The medians of ``key`` of each of ``peers``, in order: a row's ÷ cells."""
+        return [self.med(workload, config, peer, key) for peer in peers]
 
 
 def tables(res: Results, repeat: int) -> str:
@@ -276,13 +278,10 @@ def flood_tables(res: Results, rep: str) -> list[str]:
     out: list[str] = []
     srv = res.servers
 
-    def peer_meds(workload: str, cfg: str, key: str) -> list[float | None]:
-        return [res.med(workload, cfg, peer, key) for peer in FLOOD_PEERS]
-
     if "flood" in res.configs:
         rows, starve = [], []
         for cfg in res.configs["flood"]:
-            peers = peer_meds("flood", cfg, "lines_per_s")
+            peers = res.peer_meds("flood", cfg, "lines_per_s", FLOOD_PEERS)
             py = res.med("flood", cfg, PY_ET_PEER, "lines_per_s")
             for s in srv:
                 recs = res.get("flood", cfg, s)
@@ -328,7 +327,7 @@ def flood_tables(res: Results, rep: str) -> list[str]:
     if "tcpkali" in res.configs:
         rows = []
         for cfg in res.configs["tcpkali"]:
-            peers = peer_meds("tcpkali", cfg, "lines_per_s")
+            peers = res.peer_meds("tcpkali", cfg, "lines_per_s", FLOOD_PEERS)
             for s in srv:
                 recs = res.get("tcpkali", cfg, s)
                 if not recs:
@@ -345,7 +344,7 @@ def flood_tables(res: Results, rep: str) -> list[str]:
     if "open" in res.configs:
         rows = []
         for cfg in res.configs["open"]:
-            peers = peer_meds("open", cfg, "server_cpu_s_per_mline")
+            peers = res.peer_meds("open", cfg, "server_cpu_s_per_mline", FLOOD_PEERS)
             for s in srv:
                 recs = res.get("open", cfg, s)
                 if not recs:
@@ -382,13 +381,10 @@ def tls_tables(res: Results, rep: str) -> list[str]:
     out: list[str] = []
     srv = res.servers
 
-    def peer_meds(workload: str, cfg: str, key: str) -> list[float | None]:
-        return [res.med(workload, cfg, peer, key) for peer in TLS_PEERS]
-
     if "tls" in res.configs:
         rows = []
         for cfg in res.configs["tls"]:
-            peers = peer_meds("tls", cfg, "lines_per_s")
+            peers = res.peer_meds("tls", cfg, "lines_per_s", TLS_PEERS)
             for s in srv:
                 recs = res.get("tls", cfg, s)
                 if not recs:
@@ -416,8 +412,8 @@ def tls_tables(res: Results, rep: str) -> list[str]:
     if "handshake" in res.configs:
         rows = []
         for cfg in res.configs["handshake"]:
-            peers = peer_meds("handshake", cfg, "handshakes_per_s")
-            cpu_peers = peer_meds("handshake", cfg, "server_cpu_us_per_handshake")
+            peers = res.peer_meds("handshake", cfg, "handshakes_per_s", TLS_PEERS)
+            cpu_peers = res.peer_meds("handshake", cfg, "server_cpu_us_per_handshake", TLS_PEERS)
             for s in srv:
                 recs = res.get("handshake", cfg, s)
                 if not recs:

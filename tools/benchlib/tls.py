@@ -28,17 +28,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import CERT_DIR, NOISY_PCT, Env, HarnessError, Plan, Server, firehose_window
+from .base import (CERT_DIR, Env, HarnessError, Plan, Server, firehose_window, noise_warnings,
+                   service_notes)
 
 TLS_CONNECT_BUDGET_S = 60.0  # uvloop accepted 1,000 TLS connections in up to 16 s here
 CYCLE_TIMEOUT_S = 10.0       # one handshake cycle older than this is a failure
 DRAIN_S = 5.0                # after the window: cycles in flight may end
-
-
-def _noise(out: dict[str, Any]) -> list[str]:
-    other = max(out.get("other_on_server_core_pct", 0), out.get("other_on_load_core_pct", 0))
-    load = other + out.get("steal_pct", 0)
-    return [f"noisy: {load:.0f}% other load on the cores"] if load > NOISY_PCT else []
 
 
 def tls_firehose_checks(out: dict[str, Any], conns: int) -> dict[str, Any]:
@@ -55,13 +50,8 @@ def tls_firehose_checks(out: dict[str, Any], conns: int) -> dict[str, Any]:
                      f"({out.get('first_error') or '?'})")
     if out["resumed"]:
         notes.append(f"{out['resumed']}/{conns} sessions resumed")
-    if out["dropped"]:
-        notes.append(f"{out['dropped']}/{conns} dropped")
-    if out["starved"]:
-        notes.append(f"{out['starved']}/{conns} never served")
-    if out["lines"] <= 0:
-        notes.append("nothing echoed in the window")
-    return {"verified": not notes, "notes": notes, "warnings": _noise(out),
+    notes += service_notes(out, conns)
+    return {"verified": not notes, "notes": notes, "warnings": noise_warnings(out),
             "bytes_ok": not out["mismatches"],
             "opened_exactly": out["initiated"] == conns and out["open"] == conns}
 
@@ -92,7 +82,7 @@ def handshake_checks(out: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"accounting: {accounted} cycles ended of {out['initiated']} initiated")
     if out["cycles"] <= 0:
         notes.append("no handshake completed in the window")
-    return {"verified": not notes, "notes": notes, "warnings": _noise(out),
+    return {"verified": not notes, "notes": notes, "warnings": noise_warnings(out),
             "bytes_ok": not out["mismatches"]}
 
 
