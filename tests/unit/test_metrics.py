@@ -5,7 +5,6 @@ metrics handler on an in-memory socket with a fake clock."""
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import re
 import socket
@@ -19,13 +18,12 @@ from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import CloseReason, Loop
 from reactor.errors import CodecError
-from reactor.pool import BufferPool
-from reactor.ring import RingBuffer
 from reactor.service.metrics import (BadRequest, HeadTooLarge, HttpRequest, HttpRequestCodec,
                                      MetricsHandler, render_metrics)
 from reactor.stats import loop_stats
 from reactor.testing import Harness
 from tests.conftest import run_echo, wait_for
+from tests.unit.test_codecs import new_ring, split
 
 # ----------------------------------------------------------------- the oracle
 
@@ -377,16 +375,8 @@ def test_a_repeated_worker_index_is_rendered_once():
 
 # ----------------------------------------------------------------- the codec
 
-CHUNK = 64
-
-
-def new_ring() -> RingBuffer:
-    return RingBuffer(BufferPool(CHUNK, 4))
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+# new_ring (small chunks, so heads span chunks) and split (bytes cut at given points) are the
+# codec tests' own: tests/unit/test_codecs.py.
 
 
 def decode_all(pieces, codec=None):
