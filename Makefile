@@ -21,18 +21,20 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/line-echo --host $(HOST) --port $(PORT)
 
-# Real peers some tests run, from the distribution: HAProxy (tests/integration/test_haproxy.py)
-# and the openssl command (TLS renegotiation in test_line_echo.py). Installed here when
-# missing and we may (root with apt-get, as on CI's fresh machines; ~6 s).
+# Real peers some tests run, from the distribution: HAProxy (tests/integration/test_haproxy.py),
+# the openssl command (TLS renegotiation in test_line_echo.py) and redis-benchmark with
+# redis-server (docs/examples/resp_kv.py's tests and benchmark). Installed here when
+# missing and we may (root with apt-get, as on CI's fresh machines; ~10 s).
 .PHONY: test-tools
 test-tools:
 	@{ command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null 2>&1 && \
-	  command -v openssl >/dev/null 2>&1 || \
+	  command -v openssl >/dev/null 2>&1 && \
+	  command -v redis-benchmark >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    echo "make: installing haproxy and openssl (apt-get) for the tests" && \
+	    echo "make: installing haproxy, openssl and redis-tools (apt-get) for the tests" && \
 	    apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy openssl >/dev/null; } || \
-	  echo "make: haproxy or openssl is missing and cannot be installed here: tests need them"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy openssl redis-tools redis-server >/dev/null; } || \
+	  echo "make: haproxy, openssl or redis-tools is missing and cannot be installed here: tests need them"
 
 test: $(VENV)/.installed test-tools
 	$(BIN)/python -m pytest -q
