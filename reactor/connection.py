@@ -345,7 +345,6 @@ class Connection(Reading, Lifecycle, TimerEntry):
                     and not self._flags & (F_HIGH | F_BLOCKED):
                 # The per-event case (one reply, all taken, nothing paused): only accounting.
                 self.bytes_out += sent
-                self._hub.bytes_out += sent
                 self._last_tx = self._hub.now
                 return
             if sent < len(out):
@@ -388,7 +387,6 @@ class Connection(Reading, Lifecycle, TimerEntry):
                 break
         if sent:
             self.bytes_out += sent
-            self._hub.bytes_out += sent
             self._last_tx = self._hub.now
         blocked = bool(tx) and not self._flags & F_FLUSH
         if blocked != bool(self._flags & F_BLOCKED):

@@ -24,9 +24,10 @@ What a connection or listener may ask of its loop (the fields of ``Hub``):
 * shared buffers, allocated once per loop: empty rings (``take_ring``,
   ``ring_free``), ``scratch`` (bytes read to be discarded), ``scratch_ring`` and
   ``flat`` (where reads land before they are decoded);
-* counters, kept here so stats read them without asking anyone: ``bytes_in``,
-  ``bytes_out``, ``accepted_total``, ``closed_by_reason``, ``broadcast_skipped``,
-  ``iterations``, ``events``;
+* counters, kept here so stats read them without asking anyone: ``accepted_total``,
+  ``closed_by_reason``, ``broadcast_skipped``, ``iterations``, ``events``; and
+  ``bytes_in``, ``bytes_out`` of the connections that closed (a live connection counts its
+  own, added up only when stats are read: the per-event path pays one counter, not two);
 * calls the loop answers: ``attach`` (make an accepted socket a Connection,
   register it and count it; returns the Connection), ``forget`` (an object
   closed: unregister its fd, settle the books), ``call_soon`` (as

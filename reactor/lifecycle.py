@@ -293,9 +293,9 @@ class Lifecycle(ConnectionHalf):
             self._reason = reason
         if self._hub.outq_seen:
             self._hub.outq_seen.pop(self, None)
-        if not self.counted:  # the loop's own service connections (stats, metrics): their
-            self._hub.bytes_in -= self.bytes_in  # bytes are not the service's traffic
-            self._hub.bytes_out -= self.bytes_out
+        if self.counted:  # the loop's own service connections' bytes (stats, metrics) are
+            self._hub.bytes_in += self.bytes_in  # not the service's traffic
+            self._hub.bytes_out += self.bytes_out
         self._hub.wheel.cancel(self)  # whatever it was armed for; a no-op if nothing
         self._hub.forget(self)
         try:

@@ -211,7 +211,6 @@ class Reading(ConnectionHalf):
                 return
             self._rest = None
             self.bytes_in += n
-            hub.bytes_in += n
             self._last_rx = hub.now  # see _read_once
             end = off + n
             error = None
@@ -245,7 +244,6 @@ class Reading(ConnectionHalf):
                         return
                     if sent:
                         self.bytes_out += sent
-                        hub.bytes_out += sent
                         self._last_tx = hub.now
                     if sent == cut:  # nothing is queued: no flush is due for this event
                         self._flags &= ~F_FLUSH
@@ -329,7 +327,6 @@ class Reading(ConnectionHalf):
             return -1
         rx.commit(n)
         self.bytes_in += n
-        hub.bytes_in += n
         # The idle timer is not touched here: it checks this stamp when it fires
         # (Netty's IdleStateHandler), so a busy connection pays one store per read.
         self._last_rx = hub.now

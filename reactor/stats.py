@@ -70,6 +70,10 @@ def loop_stats(loop: LoopView) -> dict[str, Any]:
     now = loop.time()
     conns = loop.connections()
     rx = tx = paused = by_user = by_backpressure = by_starved = 0
+    hub = loop.hub
+    # The hub counts the bytes of closed connections; the live ones count their own.
+    bytes_in = hub.bytes_in + sum(c.bytes_in for c in conns)
+    bytes_out = hub.bytes_out + sum(c.bytes_out for c in conns)
     busy: list[tuple[int, int, Connection]] = []  # only these can be "top": idle ones hold 0
     for c in conns:
         crx = c.recv_buffered
@@ -85,7 +89,6 @@ def loop_stats(loop: LoopView) -> dict[str, Any]:
             by_backpressure += why & P_BACKPRESSURE != 0
             by_starved += why & P_STARVED != 0
     top = [c for _n, _i, c in heapq.nlargest(TOP_N, busy)]
-    hub = loop.hub
     closed = {r.value: n for r, n in hub.closed_by_reason.items()}
     pool = loop.pool.stats()
     wheel = hub.wheel.stats()
@@ -95,8 +98,8 @@ def loop_stats(loop: LoopView) -> dict[str, Any]:
         "events": hub.events,
         "accepted": hub.accepted_total,
         "closed_total": sum(closed.values()),
-        "bytes_in": hub.bytes_in,
-        "bytes_out": hub.bytes_out,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
         "pool_refused": pool.exhausted_total,
     }
     rates = _rates(loop, now, counters)

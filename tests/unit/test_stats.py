@@ -51,6 +51,26 @@ def test_document_has_the_contract_keys_and_counts(loop):
     wait_for(lambda: loop.connection_count == 0, step=lambda: loop.run_once(0.01))
     doc = loop_stats(loop)
     assert doc["closed"]["peer_closed"] == 1 and doc["closed_total"] == 1
+    assert doc["bytes_in"] == 6 and doc["bytes_out"] == 6  # a closed connection's bytes stay
+
+
+def test_traffic_counts_live_and_closed_connections_but_not_the_stats_socket(loop, tmp_path):
+    lst = loop.listen(("127.0.0.1", 0), LineEchoHandler, LineCodec, idle_timeout_s=60)
+    path = str(tmp_path / "s.sock")
+    serve_stats(loop, path, advertise=False)
+    first = echo_once(loop, lst.address, b"one line\n")
+    second = echo_once(loop, lst.address, b"two\nlines\n")
+    first.close()
+    wait_for(lambda: loop.connection_count == 1, step=lambda: loop.run_once(0.01))
+    t = run_loop_in_thread(loop)
+    try:  # the stats socket's own requests and replies are not traffic, before or after
+        for _ in range(3):
+            doc = read_stats(path)
+            assert doc["bytes_in"] == 9 + 10 and doc["bytes_out"] == 9 + 10
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+    second.close()
 
 
 def test_rates_are_measured_since_the_previous_request(loop):
