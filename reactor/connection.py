@@ -297,9 +297,11 @@ class Connection(Reading, Lifecycle, TimerEntry):
         if share < high:  # many connections share the pool: each pauses sooner
             high = share
         if n > high:
-            if n > opts.max_send_buffer:
-                # Try the kernel before giving up on the peer: a burst larger than
-                # the limit to a healthy reader is not a slow consumer.
+            if not self._flags & (F_HIGH | F_BLOCKED) or n > opts.max_send_buffer:
+                # Try the kernel before judging the peer: what one iteration queued for a
+                # reader that keeps up (one sender's burst fanned out by broadcast, a burst
+                # over the limit) would otherwise make it a laggard, or a slow consumer,
+                # before the flush at the end of the iteration. Once per crossing.
                 self._flush()
                 if self._state == CLOSED:
                     return False

@@ -529,6 +529,31 @@ def test_broadcast_skips_peers_above_their_watermark(mode):
         loop.close()
 
 
+def test_a_reader_that_keeps_up_is_not_a_laggard_when_one_burst_is_fanned_out(mode):
+    """One sender's burst, read in one turn and broadcast line by line, queues more than
+    the high watermark for every other peer before the iteration's flush: the kernel is
+    tried first, so a peer that reads is neither skipped nor paused."""
+
+    class Fanout(Recorder):
+        def on_message(self, conn, msg):
+            broadcast([c for c in self.conns if c is not conn], msg + b"\n")
+
+    loop = Loop(selector=mode)
+    try:
+        rec = Fanout()
+        addr = serve(loop, rec, high_water=16 * 1024, low_water=4096)
+        reader, sender = client(addr), client(addr)
+        run_until(loop, lambda: len(rec.conns) == 2)
+        data = b"".join(b"line %08d\n" % i for i in range(20000))  # 280,000 bytes
+        threading.Thread(target=sender.sendall, args=(data,), daemon=True).start()
+        step = Collect(loop, reader, timeout=0.001)
+        wait_for(lambda: len(step.got) >= len(data), step=step, what="every line")
+        assert bytes(step.got) == data
+        assert loop.stats()["broadcast_skipped"] == 0
+    finally:
+        loop.close()
+
+
 def test_graceful_close_lingers_so_replies_are_not_reset(mode):
     """Server closes while the client is still sending: the reply must arrive whole."""
 
