@@ -143,6 +143,9 @@ class Victim(Handler):
 
     def on_message(self, conn, line):
         if line == b"flood":
+            # Small kernel buffers on both ends (the peer's in the test): a write over the
+            # high watermark tries the kernel first, and a roomy loopback takes a whole MiB.
+            conn.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
             conn.write(FLOOD)
         else:
             conn.send(line)
@@ -234,6 +237,8 @@ def test_a_raising_callback_closes_only_its_connection(mode, case, caplog):
     victim = case.handler(case.fail_in)
     scene = Scene(mode, victim, case.codec, **case.options)
     try:
+        if case.send == b"flood\n":
+            scene.victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         scene.victim.queue(case.send, shut=case.shut)
         scene.run_until(lambda: scene.victim.eof and victim.closed, "the victim closed")
         assert bytes(scene.victim.got) == case.echoed
