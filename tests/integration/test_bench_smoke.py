@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -80,6 +81,16 @@ def test_smoke_exits_zero_and_prints_one_table_per_workload(smoke):
         for title in ("### TLS firehose", "### TLS handshakes",
                       "| TLS firehose 1000 conns ≥ 2× asyncio TLS"):
             assert title in done.stdout
+
+
+def test_the_resp_workload_measures_resp_kv_beside_redis_server(smoke):
+    done, _ = smoke
+    assert "## RESP: docs/examples/resp_kv.py and redis-server" in done.stdout
+    if shutil.which("redis-benchmark") and shutil.which("redis-server"):
+        table = done.stdout.split("## RESP", 1)[1]
+        for test in ("PING_INLINE", "PING_MBULK", "SET", "GET", "INCR"):
+            row = re.search(rf"^{test} +([\d,]+) +([\d,]+) +([\d.]+)$", table, re.M)
+            assert row and float(row.group(3)) > 0, f"no {test} row with both servers"
 
 
 def test_every_server_that_can_run_ran_every_workload(smoke):

@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tcpkali", metavar="PATH", nargs="?", const="",
                    help="also run tcpkali at the flood's sizes, a cross-check of the flood "
                         "(PATH defaults to ~/.cache/tcpkali/bin/tcpkali)")
-    p.add_argument("--only", default=",".join(WORKLOADS),
-                   help=f"comma-separated workloads (default all: {','.join(WORKLOADS)})")
+    p.add_argument("--only", default=",".join((*WORKLOADS, "resp")),
+                   help=f"comma-separated workloads (default all: {','.join(WORKLOADS)},resp; "
+                        "resp is tools/bench_resp.py: docs/examples/resp_kv.py beside "
+                        "redis-server under redis-benchmark -P 16 -c 50)")
     p.add_argument("--servers", default=",".join(SERVERS),
                    help=f"comma-separated servers (default all: {','.join(SERVERS)})")
     p.add_argument("--json", metavar="PATH", help="append one JSON object per measurement")
@@ -177,11 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                        "duration": a.duration or plan.duration,
                        "open_duration": a.open_duration or plan.open_duration})
     only = {w.strip() for w in a.only.split(",") if w.strip()}
+    resp = "resp" in only
+    only.discard("resp")
     wanted = [s.strip() for s in a.servers.split(",") if s.strip()]
     bad = (only - set(WORKLOADS)) | (set(wanted) - set(SERVERS))
     if bad or plan.repeat < 1:
         p.error(f"unknown workload or server: {', '.join(sorted(bad))}" if bad
                 else "--repeat must be at least 1")
+    if not only:  # resp alone: not an echo workload, it has its own servers and client
+        return run_resp(plan, a.smoke)
     log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     json_file = open(a.json, "a") if a.json else None
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -238,7 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"\nbench: {len(failed)} measurement(s) failed; see the check column",
               file=sys.stderr)
-        return 1
-    return 0
+    resp_status = run_resp(plan, a.smoke) if resp else 0
+    return 1 if failed or resp_status else 0
+
+
+def run_resp(plan: Plan, smoke: bool) -> int:
+    """The RESP workload: tools/bench_resp.py with this run's repeats (its own table)."""
+    import shutil
+
+    import bench_resp  # tools/, on the path that bench.py set
+
+    print("\n## RESP: docs/examples/resp_kv.py and redis-server under redis-benchmark\n",
+          flush=True)
+    if shutil.which("redis-benchmark") is None:
+        print("skipped: redis-benchmark is not installed (apt-get install redis-tools)")
+        return 0
+    args = ["--repeat", str(plan.repeat)]
+    if smoke:
+        args += ["--requests", "2000"]
+    return bench_resp.main(args)
 
 
