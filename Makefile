@@ -46,5 +46,12 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python tools/bench.py $(BENCH_ARGS)
 
+# The docs site from docs/ (mkdocs.yml): site/index.html. --strict: a broken link, a missing
+# anchor or a page left out of the nav fails the build (the suite builds it the same way).
+.PHONY: docs
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict --quiet
+	@echo "docs: site/index.html"
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, recv_exactly
 def test_readme_embedding_example_runs_as_written():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Embedding", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = re.search(r"```py\n(.*?)```", section, re.S).group(1)
     assert len(code.strip().splitlines()) <= 12
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             cwd=ROOT)
