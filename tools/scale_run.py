@@ -44,6 +44,10 @@ def main() -> int:
     p.add_argument("--defer-pings", action="store_true",
                    help="scale.py --defer-pings: held connections are not read until the "
                         "second line, so the clients leave the cores to the workers")
+    p.add_argument("--client-nice", type=number(int, 0, maximum=19, what="niceness"), default=0,
+                   metavar="N", help="run scale.py and its client processes at nice N (default 0): "
+                        "on one machine they stand for remote hosts, and at 10 they yield "
+                        "the cores to the workers whose loop lag is measured")
     p.add_argument("--netns", action="store_true",
                    help="run in a network namespace of its own whose established-connection "
                         "hash has room for every socket (root, Linux 6.1+)")

@@ -6,6 +6,7 @@ against servers that break the contract on purpose, which it must catch by kind 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -233,9 +234,11 @@ def _free_port() -> int:
 
 def test_scale_run_holds_every_connection_with_heartbeats_and_reports_the_hold():
     r, out = run_scale_run("--conns", "400", "--workers", "2", "--hold", "3", "--heartbeat",
-                           "0.5", "--sample-every", "0.5", "--port", str(_free_port()))
+                           "0.5", "--sample-every", "0.5", "--client-nice", "5",
+                           "--port", str(_free_port()))
     assert r.returncode == 0, r.stderr[-2000:]
     assert out["ok"] and out["scale"]["verified"] == 400 and out["scale"]["pings"] >= 400
+    assert out["client_nice"] == 5 and out["scale"]["nice"] == os.nice(0) + 5
     assert out["hold_samples"] >= 2 and out["lag_p99_max_ms"] < 1000
     seen = out["lag_p99_fdstats_ms"]  # what fd-stats' answers showed, beside the resident read
     assert len(seen) == out["hold_samples"] and all(0 <= v < 1000 for v in seen)

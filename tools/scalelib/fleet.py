@@ -289,6 +289,7 @@ class Run:
                                   if self.t_establish else None),
             "hold_s": opts.hold_s, "rate": opts.rate, "procs": plan.procs,
             "procs_lost": lost_procs, "source_addresses": len(sources),
+            "nice": os.nice(0),  # the clients' niceness (scale_run.py --client-nice)
             "per_source": plan.per_source, "timed_out": self.timed_out,
             "interrupted": self.interrupted,
             "deadline_s": round(opts.deadline_s, 1), "mismatch_samples": samples[:MAX_SAMPLES],

@@ -195,7 +195,9 @@ class Scenario:
                "--pid", str(self.server.pid)] + (["--defer-pings"] if a.defer_pings else [])
         self.log("scale_run: " + " ".join(cmd))
         t0 = time.monotonic()
-        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, cwd=ROOT, text=True)
+        nice = getattr(a, "client_nice", 0)
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, cwd=ROOT, text=True,
+                                  preexec_fn=(lambda: os.nice(nice)) if nice else None)
         try:
             while client.poll() is None:
                 self._sample(t0)
@@ -213,7 +215,8 @@ class Scenario:
         result = {
             "ok": ok, "why": why, "conns": a.conns, "workers": a.workers,
             "heartbeat_s": a.heartbeat, "idle_timeout_s": a.idle_timeout, "hold_s": a.hold,
-            "defer_pings": a.defer_pings, "tcp_ehash_entries": own_ehash_entries(),
+            "defer_pings": a.defer_pings, "client_nice": getattr(a, "client_nice", 0),
+            "tcp_ehash_entries": own_ehash_entries(),
             "scale": scale, **hold_summary(self.samples, a.conns),
             "tcp_mem_bytes_before": started_tcp_mem,
             "restart": self.restart,
