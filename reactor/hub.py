@@ -148,9 +148,10 @@ class Hub:
         self.starved: list[Driver] = []
         self.accepting: list[Driven] = []  # listeners whose accept budget ran out
         # Connections past their write deadline whose kernel send queue is being watched
-        # for progress (Connection._write_stalled): the queue's size at the last look, and
-        # the connection's _last_tx then (a send since makes that look stale).
-        self.outq_seen: dict[Any, tuple[int, float]] = {}
+        # for progress (Connection._write_stalled): the queue's size at the last look, the
+        # connection's _last_tx then (a send since makes that look stale), and since when
+        # only lost segments have excused it (lifecycle._LOSS_GRACE_S).
+        self.outq_seen: dict[Any, tuple[int, float, float]] = {}
         self.ring_free: list[RingBuffer] = []  # empty rings, lent to connections on demand
         self.scratch = bytearray(64 * 1024)  # discarded reads (lingering, rejects)
         # What one read needs: a short partial frame in front, one recv of at most

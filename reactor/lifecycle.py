@@ -38,6 +38,11 @@ _TCP_CA_LOSS = 4  # struct tcp_info's tcpi_ca_state while the kernel retransmits
 #: After --write-timeout with no byte taken from our queue, how long the kernel's own send
 #: queue is watched for progress before the peer is called slow.
 _WRITE_GRACE_S = 1.0
+#: How long lost segments excuse a peer that takes nothing (``_retransmitting``): an outage of
+#: up to ~15 s, whose next retransmission the kernel's backoff may put as far again. A peer
+#: that does not read but whose kernel drops what it cannot hold (system-wide TCP memory
+#: pressure) looks the same from here; past this it is judged like any other.
+_LOSS_GRACE_S = 30.0
 _INF = float("inf")
 
 
@@ -100,8 +105,7 @@ class Lifecycle(ConnectionHalf):
         more: if it shrank, the peer is reading and the deadline starts again. Nor is a peer
         whose segments are being lost (``_retransmitting``: loopback under ``tcp_mem``
         pressure drops them, a link went down): its window is open, the kernel's
-        retransmission backoff is what holds the bytes, and the kernel ends the connection
-        itself if they never get through (``tcp_retries2``)."""
+        retransmission backoff is what holds the bytes, for ``_LOSS_GRACE_S`` at most."""
         timeout = self._opts.write_timeout_s
         if timeout <= 0 or not self._flags & F_HIGH or now - self._last_tx < timeout - 1e-9:
             return False
@@ -109,6 +113,7 @@ class Lifecycle(ConnectionHalf):
         seen = watched.pop(self, None)
         # The last look counts only if nothing was sent since (a send refills the queue).
         before = seen[0] if seen is not None and seen[1] == self._last_tx else None
+        lost_since = seen[2] if before is not None else now  # excused by losses since
         try:
             queued = struct.unpack("i", fcntl.ioctl(self._sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
         except OSError:
@@ -116,9 +121,11 @@ class Lifecycle(ConnectionHalf):
         if queued == 0:  # the kernel has room: send (an OUT edge was missed, or is late)
             self._flush()
             return self._state == CLOSED
-        if queued > 0 and (before is None or queued < before or self._retransmitting()):
+        progress = before is None or queued < before
+        if queued > 0 and (progress or (now - lost_since < _LOSS_GRACE_S
+                                        and self._retransmitting())):
             self._last_tx = now - timeout + _WRITE_GRACE_S  # look again after the grace
-            watched[self] = (queued, self._last_tx)
+            watched[self] = (queued, self._last_tx, now if progress else lost_since)
             return False
         log.debug("connection %s: %d bytes queued and none sent for %g s", self.id,
                   self.send_buffered, now - self._last_tx)

@@ -786,6 +786,43 @@ def test_write_timeout_aborts_a_stalled_peer_but_not_a_slow_reader(mode):
         loop.close()
 
 
+def test_lost_segments_excuse_a_peer_that_takes_nothing_for_a_bounded_time(mode, monkeypatch):
+    """A peer whose kernel drops what it cannot hold looks, from here, like one behind a lossy
+    link: TCP_INFO says retransmitting with an open window. The excuse ends after
+    _LOSS_GRACE_S, so a peer that does not read is closed even then."""
+    import reactor.lifecycle as lifecycle
+
+    monkeypatch.setattr(Connection, "_retransmitting", lambda self: True)
+    clock = FakeClock(1000.0)
+    loop = Loop(selector=mode, clock=clock)
+    try:
+        h = Recorder()
+        addr = serve(loop, h, write_timeout_s=2.0, max_send_buffer=16 << 20)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        stalled.settimeout(10)
+        stalled.connect(addr)
+        run_until(loop, lambda: len(h.conns) == 1)
+        conn = h.conns[0]
+        conn.write(bytes(range(256)) * 32768)  # 8 MiB: far more than the kernel buffers hold
+        run_until(loop, lambda: "paused" in h.events, what="over high water")
+        for _ in range(50):  # the kernel's buffers fill: then it takes nothing more
+            loop.run_once(0.002)
+        t0 = clock.now()
+        while clock.now() - t0 < lifecycle._LOSS_GRACE_S - 2.0:
+            clock.advance(0.5)
+            for _ in range(3):
+                loop.run_once(0)
+            assert conn.close_reason is None, f"closed after {clock.now() - t0:.1f} s"
+        while conn.close_reason is None and clock.now() - t0 < lifecycle._LOSS_GRACE_S + 5.0:
+            clock.advance(0.5)
+            for _ in range(3):
+                loop.run_once(0)
+        assert conn.close_reason is CloseReason.SLOW_CONSUMER
+    finally:
+        loop.close()
+
+
 def test_a_reset_connection_is_freed_without_the_cycle_collector(mode):
     """conn.error keeps the socket error without its traceback: the traceback's frames would
     hold the connection in a reference cycle that only a full GC frees (RSS grew with
