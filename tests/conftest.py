@@ -235,6 +235,37 @@ class EchoProber:
         return len(self.answered)
 
 
+def parse_address(where: str) -> tuple[str, int] | str:
+    """What a server prints after ``listening on``: ``HOST:PORT``, or ``unix:PATH`` (a str)."""
+    where = where.strip()
+    if where.startswith("unix:"):
+        return where[5:]
+    host, port = where.rsplit(":", 1)
+    return (host, int(port))
+
+
+def connect_to(address: tuple[str, int] | str, timeout: float = 10.0) -> socket.socket:
+    """A client socket connected to a TCP address or a Unix socket path."""
+    if isinstance(address, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(address)
+        return s
+    return socket.create_connection(address, timeout=timeout)
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGTERM a process if it still runs and wait for it, SIGKILL if it outlasts ``timeout``;
+    its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 class Daemon:
     """A line-echo subprocess, started and waited for by its ``listening on`` line."""
 
@@ -252,25 +283,14 @@ class Daemon:
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
             raise AssertionError(f"daemon did not start: {line!r} {err}")
         self.first_line = line
-        where = line[len("listening on "):].strip()
-        if where.startswith("unix:"):
-            self.address: tuple[str, int] | str = where[5:]
-        else:
-            host, port = where.rsplit(":", 1)
-            self.address = (host, int(port))
+        self.address = parse_address(line[len("listening on "):])
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
-        if isinstance(self.address, str):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(timeout)
-            s.connect(self.address)
-            return s
-        s = socket.create_connection(self.address, timeout=timeout)
-        return s
+        return connect_to(self.address, timeout)
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
@@ -286,13 +306,7 @@ class Daemon:
         return self.proc.stderr.read().decode(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20)
         for f in (self.proc.stdout, self.proc.stderr):
             if f:
                 f.close()

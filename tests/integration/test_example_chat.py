@@ -13,33 +13,17 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, recv_until_eof, wait_for
+from tests.conftest import recv_until_eof
+from tests.integration.example_proc import EXAMPLES, Example, Lines, example_fixture
 
-CHAT = ROOT / "docs" / "examples" / "chat.py"
+CHAT = EXAMPLES / "chat.py"
 
 
-class Chat:
-    """The example as a subprocess on an ephemeral port; its log collected as it comes."""
+class Chat(Example):
+    """The example; ``join()`` connects a client."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(CHAT), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        first = self.proc.stdout.readline().decode()
-        assert first.startswith("listening on "), first + self.proc.stderr.read().decode()
-        host, port = first.split()[-1].rsplit(":", 1)
-        self.address = (host, int(port))
-        self.log: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.log.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def logged(self, text: str, timeout: float = 10.0) -> str:
-        return wait_for(lambda: next((ln for ln in self.log if text in ln), None), timeout,
-                        f"{text!r} in the chat's log (so far: {self.log[-5:]})")  # type: ignore
+        super().__init__("chat.py", *args)
 
     def join(self, rcvbuf: int = 0) -> Client:
         sock = socket.socket()
@@ -49,32 +33,9 @@ class Chat:
         sock.connect(self.address)
         return Client(sock)
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
-
-class Client:
-    """A socket read line by line."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def line(self, timeout: float = 10.0) -> bytes:
-        self.sock.settimeout(timeout)
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise AssertionError(f"EOF; holding {self.buf!r}")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
+class Client(Lines):
+    """A chat client, read line by line."""
 
     def welcome_id(self) -> int:
         line = self.line()
@@ -82,17 +43,7 @@ class Client:
         return int(line.split()[5].rstrip(b";"))
 
 
-@pytest.fixture
-def chat():
-    started: list[Chat] = []
-
-    def start(*args: str) -> Chat:
-        started.append(Chat(*args))
-        return started[-1]
-
-    yield start
-    for c in started:
-        c.stop()
+chat = example_fixture(Chat)
 
 
 def tcp_wmem_max() -> int:
@@ -167,8 +118,11 @@ def test_flood_reaches_a_reader_in_order_while_a_non_reader_is_skipped_then_clos
     reader.buf = bytes(got[len(want):])
 
     c.logged(f"client {lag_id} fell behind")
-    closed = c.logged(f"client {lag_id} closed as a slow consumer", timeout=10)
-    assert time.monotonic() - start < 10
+    # The write timeout (1 s) and a grace; under system-wide TCP memory pressure (another
+    # test's flood) its kernel may drop what it cannot hold, which looks like a lossy link
+    # and is excused for lifecycle._LOSS_GRACE_S (30 s) at most.
+    closed = c.logged(f"client {lag_id} closed as a slow consumer", timeout=40)
+    assert time.monotonic() - start < 60
     skipped = int(closed.split(" after ")[1].split()[0])
     assert skipped > 0
     assert reader.line() == b"* client %d left (slow_consumer)" % lag_id

@@ -8,111 +8,35 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-import pytest
+from tests.conftest import recv_until_eof, wait_for
+from tests.integration.example_proc import EXAMPLES, Example, Lines, example_fixture
 
-from tests.conftest import ROOT, recv_until_eof, wait_for
-
-PUSH = ROOT / "docs" / "examples" / "push.py"
+PUSH = EXAMPLES / "push.py"
 
 
-class Push:
-    """The example as a subprocess (subscribers on an ephemeral port); its log collected."""
+class Push(Example):
+    """The example (subscribers on an ephemeral port) and its peers, read line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(PUSH), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        first = self.proc.stdout.readline().decode()
-        second = self.proc.stdout.readline().decode()
-        assert first.startswith("listening on "), first + self.proc.stderr.read().decode()
-        host, port = first.split()[-1].rsplit(":", 1)
-        self.address = (host, int(port))
-        assert second.startswith("publishing on "), second
-        where = second.split()[-1]
-        self.publish_at: tuple[str, int] | str = (
-            where[5:] if where.startswith("unix:") else (where.rsplit(":", 1)[0],
-                                                         int(where.rsplit(":", 1)[1])))
-        self.log: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
+        super().__init__("push.py", *args, announces=("listening", "publishing"))
 
-    def _collect(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.log.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def logged(self, text: str, timeout: float = 10.0) -> str:
-        return wait_for(lambda: next((ln for ln in self.log if text in ln), None), timeout,
-                        f"{text!r} in the gateway's log (so far: {self.log[-5:]})")  # type: ignore
-
-    def subscriber(self, *topics: bytes) -> Peer:
-        peer = Peer(socket.create_connection(self.address, timeout=10))
+    def subscriber(self, *topics: bytes) -> Lines:
+        peer = Lines(self.connect())
         for topic in topics:
             peer.sock.sendall(b"SUB %s\n" % topic)
             assert peer.line() == b"OK SUB %s" % topic
         return peer
 
-    def producer(self) -> Peer:
-        if isinstance(self.publish_at, str):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(self.publish_at)
-            return Peer(sock)
-        return Peer(socket.create_connection(self.publish_at, timeout=10))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+    def producer(self) -> Lines:
+        return Lines(self.connect("publishing"))
 
 
-class Peer:
-    """A socket read line by line."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def line(self, timeout: float = 10.0) -> bytes:
-        self.sock.settimeout(timeout)
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise AssertionError(f"EOF; holding {self.buf!r}")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
-
-    def exactly(self, n: int, timeout: float = 10.0) -> bytes:
-        self.sock.settimeout(timeout)
-        while len(self.buf) < n:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise AssertionError(f"EOF after {len(self.buf)} of {n} bytes")
-            self.buf += data
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-
-@pytest.fixture
-def push():
-    started: list[Push] = []
-
-    def start(*args: str) -> Push:
-        started.append(Push(*args))
-        return started[-1]
-
-    yield start
-    for p in started:
-        p.stop()
+push = example_fixture(Push)
 
 
 def stat_mode(path: str) -> int:

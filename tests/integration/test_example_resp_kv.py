@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,50 +15,27 @@ import pytest
 import redis
 
 from tests.conftest import ROOT, recv_exactly, recv_until_eof, wait_for
+from tests.integration.example_proc import EXAMPLES, Example
 
-EXAMPLE = ROOT / "docs" / "examples" / "resp_kv.py"
+EXAMPLE = EXAMPLES / "resp_kv.py"
 
 
-class Server:
-    """resp_kv.py on a port of its choosing, waited for by its "listening on" line."""
+class Server(Example):
+    """resp_kv.py, with redis-py clients."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--port", "0", *args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 15.0)
-        line = self.proc.stdout.readline().decode() if ready else ""
-        if not line.startswith("listening on 127.0.0.1:"):
-            self.proc.kill()
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise AssertionError(f"resp_kv.py did not start: {line!r} {err!r}")
-        self.port = int(line.rsplit(":", 1)[1])
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        super().__init__("resp_kv.py", *args)
+        self.port = self.address[1]
 
     def client(self, **kw) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=10, **kw)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
 
 
 @pytest.fixture(scope="module")
 def server():
     s = Server()
     yield s
-    s.stop()
-    assert s.proc.returncode == 0
+    assert s.stop() == 0
 
 
 @pytest.fixture
@@ -281,8 +256,7 @@ def test_help_exits_zero():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_drains_and_exits_zero(sig):
-    s = Server("--max-bulk", "1000")
-    try:
+    with Server("--max-bulk", "1000") as s:
         client = s.client(protocol=2)
         assert client.set("k", "v" * 1000) is True
         with s.connect() as raw:
@@ -297,5 +271,3 @@ def test_a_signal_drains_and_exits_zero(sig):
         idle.close()  # the server lingers for our FIN (reactor's graceful close), then ends
         client.close()
         assert s.proc.wait(10) == 0
-    finally:
-        s.stop()

@@ -12,61 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
-import pytest
+from tests.conftest import ROOT, recv_exactly, recv_until_eof
+from tests.integration.example_proc import EXAMPLES, Example, example_fixture
 
-from tests.conftest import ROOT, recv_exactly, recv_until_eof, wait_for
+RPC = EXAMPLES / "rpc.py"
 
-RPC = ROOT / "docs" / "examples" / "rpc.py"
-
-
-class Rpc:
-    """The example's server as a subprocess on an ephemeral port; its log collected."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(RPC), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        first = self.proc.stdout.readline().decode()
-        assert first.startswith("listening on "), first + self.proc.stderr.read().decode()
-        host, port = first.split()[-1].rsplit(":", 1)
-        self.address = (host, int(port))
-        self.log: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.log.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def logged(self, text: str, timeout: float = 10.0) -> str:
-        return wait_for(lambda: next((ln for ln in self.log if text in ln), None), timeout,
-                        f"{text!r} in the server's log (so far: {self.log[-5:]})")  # type: ignore
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(self.address, timeout=10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-
-
-@pytest.fixture
-def rpc():
-    started: list[Rpc] = []
-
-    def start(*args: str) -> Rpc:
-        started.append(Rpc(*args))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.stop()
+rpc = example_fixture(partial(Example, "rpc.py"))
 
 
 def frame(payload: bytes) -> bytes:

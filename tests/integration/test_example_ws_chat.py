@@ -7,69 +7,37 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
-from tests.conftest import ROOT, recv_until_eof, wait_for
+from tests.conftest import ROOT, recv_until_eof
+from tests.integration.example_proc import EXAMPLES, Example, example_fixture
 
-EXAMPLE = ROOT / "docs" / "examples" / "ws_chat.py"
+EXAMPLE = EXAMPLES / "ws_chat.py"
 #: Every scenario ends within this, or fails instead of hanging.
 SCENARIO_TIMEOUT_S = 15.0
 
 
-class ChatServer:
-    """The example on a free port (``--port 0``), waited for by its ``listening on`` line;
-    its stderr goes to a file, so that its log can never fill a pipe and block it."""
+class ChatServer(Example):
+    """The example; WebSocket clients connect to ``url``."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.log_path = tmp_path / "ws_chat.log"
-        self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, env=env)
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 15.0)
-        line = self.proc.stdout.readline().decode() if ready else ""
-        if not line.startswith("listening on "):
-            self.stop()
-            raise AssertionError(f"ws_chat did not start: {line!r}\n{self.log()}")
-        host, port = line.split()[-1].rsplit(":", 1)
-        self.address = (host, int(port))
-        self.url = f"ws://{host}:{port}/"
+    def __init__(self, *args: str) -> None:
+        super().__init__("ws_chat.py", *args)
+        self.url = "ws://%s:%d/" % self.address
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        code = self.proc.wait(10)
-        self._log.close()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        return code
+    def stop(self, timeout: float = 15.0) -> int:
+        self.proc.kill()  # no drain at a test's end: it would wait for clients left open
+        return self.wait(timeout)
 
 
-@pytest.fixture
-def chat(tmp_path):
-    servers: list[ChatServer] = []
-
-    def start(*args: str) -> ChatServer:
-        servers.append(ChatServer(tmp_path, *args))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
+chat = example_fixture(ChatServer)
 
 
 def run(scenario) -> None:
@@ -180,7 +148,7 @@ def test_a_message_over_the_cap_closes_its_sender_with_1009_and_the_others_chat_
         await nothing_more(third)
 
     run(scenario())
-    assert "failing the connection with 1009" in server.log()
+    server.logged("failing the connection with 1009")
 
 
 def test_a_client_initiated_close_completes_cleanly(chat):
@@ -195,7 +163,7 @@ def test_a_client_initiated_close_completes_cleanly(chat):
         await nothing_more(staying)
 
     run(scenario())
-    wait_for(lambda: "left (1000)" in server.log(), what="the server to log the client leaving")
+    server.logged("left (1000)")
 
 
 def test_a_plain_http_get_gets_an_http_error_and_a_close(chat):
@@ -221,8 +189,8 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(chat):
             assert (ws.close_code, ws.close_reason) == (1001, "server shutting down")
 
     run(scenario())
-    assert server.proc.wait(10) == 0
-    assert "SIGTERM: closing 3 client(s)" in server.log()
+    assert server.wait(10) == 0
+    assert "SIGTERM: closing 3 client(s)" in server.log_text()
 
 
 def test_an_idle_client_is_closed_with_1001(chat):
@@ -278,7 +246,7 @@ def test_a_client_that_never_reads_is_skipped_then_closed_without_holding_others
             started = time.monotonic()
             # Until the slow client is closed, and at least 4 MB: far more than its kernel
             # buffers and the server's watermark hold. The reader keeps up, a window apart.
-            while sent < 500 or "slow consumer" not in server.log():
+            while sent < 500 or "slow consumer" not in server.log_text():
                 assert time.monotonic() - started < 10, "the slow client was never closed"
                 for _ in range(8):
                     await talker.send(f"{sent}:{chunk}")
@@ -293,8 +261,8 @@ def test_a_client_that_never_reads_is_skipped_then_closed_without_holding_others
         run(scenario())
     finally:
         slow.close()
-    assert server.proc.wait(10) == 0
-    log = server.log()
+    assert server.wait(10) == 0
+    log = server.log_text()
     assert "fell behind: messages to it are skipped" in log
     skipped = int(re.search(r"(\d+) deliveries skipped", log)[1])
     assert skipped > 0 and "1 clients closed as slow consumers" in log
