@@ -64,6 +64,36 @@ def recv_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
     return bytes(buf)
 
 
+def tls_exchange(sock, payload: bytes, expect: int, timeout: float = 30.0) -> bytes:
+    """Send ``payload`` on a TLS socket while reading what comes back, from ONE thread, until
+    ``expect`` bytes came (or EOF, or ``timeout``). OpenSSL does not allow an SSL object's read
+    and write from two threads at once: a sendall thread beside a recv loop lost the stream
+    now and then (EOF seen by the client, every byte sent by the server)."""
+    import select
+    import ssl
+
+    sock.setblocking(False)
+    got = bytearray()
+    sent = 0
+    deadline = time.monotonic() + timeout
+    while len(got) < expect:
+        assert time.monotonic() < deadline, f"timed out: {len(got)} of {expect} bytes back"
+        if sent < len(payload):
+            try:
+                sent += sock.send(payload[sent:sent + (1 << 16)])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                pass
+        try:
+            data = sock.recv(1 << 20)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            select.select([sock], [sock] if sent < len(payload) else [], [], 0.05)
+            continue
+        if not data:
+            break
+        got += data
+    return bytes(got)
+
+
 def recv_until_eof(sock: socket.socket, timeout: float = 10.0, limit: int = 1 << 30) -> bytes:
     """Read until the peer closes. A reset after data counts as the end."""
     sock.settimeout(timeout)

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from tests.conftest import (LINE_ECHO, ROOT, connect_many_expect_refusals, cpu_ticks, echo_each,
-                            echo_ok, recv_exactly, recv_until_eof, rss_bytes, wait_for)
+                            echo_ok, recv_exactly, recv_until_eof, rss_bytes, tls_exchange,
+                            wait_for)
 
 CERTS = os.path.join(os.path.dirname(__file__), "..", "certs")
 
@@ -407,10 +408,7 @@ def test_tls_echo_and_a_plaintext_client_refused(daemon, tmp_path):
                "--tls-key", os.path.join(CERTS, "server.key"), "--stats-socket", stats)
     payload = b"".join(b"tls %07d\r\n" % i for i in range(80000))
     with _tls_client(d.address) as s:
-        t = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
-        t.start()
-        got = recv_exactly(s, len(payload), timeout=30)
-        t.join(30)
+        got = tls_exchange(s, payload, len(payload))
     assert got == payload
     with socket.create_connection(d.address, timeout=10) as plain:
         plain.sendall(b"hello\n")

@@ -18,7 +18,7 @@ from handlers.echo import LineEchoHandler
 from handlers.line import LineCodec
 from reactor import CloseReason, FakeClock, Handler, Loop
 from reactor.tls import client_context, server_context
-from tests.conftest import wait_for
+from tests.conftest import tls_exchange, wait_for
 
 CERTS = os.path.join(os.path.dirname(__file__), "..", "certs")
 CA, CERT, KEY = (os.path.join(CERTS, n) for n in ("ca.pem", "server.pem", "server.key"))
@@ -87,16 +87,8 @@ def test_echo_over_tls_both_ways_at_once_every_byte(mode):
 
         def client(out):
             with tls_client(addr) as s:
-                sender = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
-                sender.start()
-                got = bytearray()
-                while len(got) < len(payload):
-                    data = s.recv(1 << 16)
-                    if not data:
-                        break
-                    got += data
-                sender.join(20)
-                out["got"], out["version"] = bytes(got), s.version()
+                out["got"] = tls_exchange(s, payload, len(payload), timeout=60)
+                out["version"] = s.version()
 
         out = in_thread(client)
         run_until(loop, lambda: out.get("done"), timeout=60, what="the TLS echo")
