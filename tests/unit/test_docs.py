@@ -73,7 +73,6 @@ def _count_asserts(tree: ast.AST) -> None:
 
 # ------------------------------------------------------------------ shell blocks
 
-#: Programs whose flags are checked against their --help: how to run each from the repo.
 def _program(words: list[str]) -> tuple[str, list[str]] | None:
     """The program a command line runs (a key, and the argv that prints its help)."""
     if not words:
@@ -100,8 +99,6 @@ def _commands(block: str) -> list[list[str]]:
     cmds = []
     for line in block.splitlines():
         line = line.strip()
-        if not line.startswith("$ ") and cmds and not line:
-            continue
         if line.startswith("$ "):
             line = line[2:]
         elif line.startswith(("#", "-", "[")) or not line:
