@@ -20,6 +20,7 @@ from .protocols import BatchCodec, Codec, FlatCodec, Handler, Transport
 from .ring import RingBuffer
 from .selector import EdgeSelector, LevelSelector
 from .service.stats_socket import read_stats, serve_stats
+from .wakeup import drain_on_signals
 from .wheel import Timer, TimerEntry, TimerWheel
 
 
@@ -52,6 +53,7 @@ __all__ = [
     "TimerWheel",
     "Transport",
     "broadcast",
+    "drain_on_signals",
     "read_stats",
     "serve_stats",
 ]

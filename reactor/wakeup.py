@@ -5,7 +5,8 @@ called from any thread. ``SignalPipe`` is a socketpair handed to
 ``signal.set_wakeup_fd``: the C-level handler writes each signal's number into
 it, so a poll sleeping in the kernel returns at once. ``Signals`` keeps the
 handlers the loop runs for them. None knows the loop: each is polled as a
-``Driven`` (``fileno``, ``_on_events``).
+``Driven`` (``fileno``, ``_on_events``). ``drain_on_signals`` is the usual policy a
+service puts on top: the first SIGTERM/SIGINT drains, a second aborts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import socket
 from typing import Any, Callable
 
-__all__ = ["Waker", "SignalPipe", "Signals"]
+__all__ = ["Waker", "SignalPipe", "Signals", "drain_on_signals"]
 
 
 class Waker:
@@ -173,3 +174,23 @@ class Signals:
         if self._pipe is not None:
             self._pipe.close_after_fork()
             self._pipe = None
+
+
+def drain_on_signals(loop: Any, drain_timeout_s: float = 10.0,
+                     before: Callable[[str], object] | None = None,
+                     signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """The first of ``signals`` drains: ``before(name)`` if given (log it, tell systemd, send
+    protocol goodbyes that the drain will flush), then ``loop.shutdown(drain_timeout_s)``:
+    stop accepting, deliver what peers already sent, flush, close, and let ``run()`` return.
+    A second one aborts every connection at once. Main thread only, like
+    ``Loop.add_signal_handler``."""
+    def on_signal(name: str) -> None:
+        if loop.shutting_down:
+            loop.abort_all(f"second {name}")
+            return
+        if before is not None:
+            before(name)
+        loop.shutdown(drain_timeout_s)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, signal.Signals(sig).name)

@@ -15,17 +15,18 @@ What it shows, and the library features it uses (docs/examples/chat.md explains 
   how many lines it missed).
 - The idle timeout (``idle_timeout_s``, ``on_idle``, ``--idle-timeout``): a member that
   sent nothing for that long is told so and dropped.
-- ``Loop.add_signal_handler`` and ``Loop.shutdown``: SIGTERM/SIGINT drain, then exit 0.
+- ``drain_on_signals``: the first SIGTERM/SIGINT drains (``Loop.shutdown``), a second
+  aborts; exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 
 from handlers.line import LineCodec
-from reactor import CloseReason, CodecError, Connection, Handler, Loop, broadcast
+from reactor import (CloseReason, CodecError, Connection, Handler, Loop, broadcast,
+                     drain_on_signals)
 
 log = logging.getLogger("chat")
 
@@ -109,20 +110,6 @@ class ChatRoom(Handler):
         self.leave(conn, reason)
 
 
-def drain_on_signals(loop: Loop, drain_timeout_s: float) -> None:
-    """First SIGTERM/SIGINT: stop accepting, deliver what clients already sent, flush,
-    close, and let ``run()`` return. A second one: drop everything at once."""
-    def on_signal(name: str) -> None:
-        if loop.shutting_down:
-            loop.abort_all(f"second {name}")
-            return
-        log.info("%s: draining %d client(s)", name, loop.connection_count)
-        loop.shutdown(drain_timeout_s)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("What it shows")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     room = ChatRoom(args.max_line)
     listener = loop.listen((args.host, args.port), lambda: room, lambda: room.codec,
                            idle_timeout_s=args.idle_timeout, write_timeout_s=args.write_timeout)
-    drain_on_signals(loop, args.drain_timeout)
+    drain_on_signals(loop, args.drain_timeout, before=lambda name: log.info(
+        "%s: draining %d client(s)", name, loop.connection_count))
     host, port = listener.address[:2]
     print(f"listening on {host}:{port}", flush=True)
     try:

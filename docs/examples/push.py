@@ -21,17 +21,17 @@ What it shows, and the library features it uses (docs/examples/push.md explains 
   even for a producer's burst read and published in one loop iteration.
 - Heartbeats on the timer wheel: ``heartbeat_s`` makes the connection call ``on_heartbeat``
   after that long with nothing sent; the handler pings, and drops whoever did not answer.
-- ``Loop.add_signal_handler`` and ``Loop.shutdown``: SIGTERM/SIGINT drain, then exit 0.
+- ``drain_on_signals``: the first SIGTERM/SIGINT drains (``Loop.shutdown``), a second
+  aborts; exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 
 from handlers.line import LineCodec
-from reactor import CloseReason, Connection, Handler, Loop, broadcast
+from reactor import CloseReason, Connection, Handler, Loop, broadcast, drain_on_signals
 
 log = logging.getLogger("push")
 
@@ -144,20 +144,6 @@ class Producer(Handler):
         conn.send(b"OK %d" % self.gw.publish(topic, payload))
 
 
-def drain_on_signals(loop: Loop, drain_timeout_s: float) -> None:
-    """First SIGTERM/SIGINT: stop accepting, deliver what peers already sent, flush, close,
-    and let ``run()`` return. A second one: drop everything at once."""
-    def on_signal(name: str) -> None:
-        if loop.shutting_down:
-            loop.abort_all(f"second {name}")
-            return
-        log.info("%s: draining %d connection(s)", name, loop.connection_count)
-        loop.shutdown(drain_timeout_s)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("What it shows")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         producers = loop.listen(("127.0.0.1", args.publish_port), lambda: producer,
                                 lambda: gw.codec)
         where = "%s:%d" % producers.address[:2]
-    drain_on_signals(loop, args.drain_timeout)
+    drain_on_signals(loop, args.drain_timeout, before=lambda name: log.info(
+        "%s: draining %d connection(s)", name, loop.connection_count))
     print("listening on %s:%d" % subscribers.address[:2], flush=True)
     print(f"publishing on {where}", flush=True)
     try:

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import signal
 import sys
 from typing import Callable
 
 from handlers.resp import DEFAULT_MAX_BULK, RespCodec, RespProtocolError, array, bulk, error
-from reactor import CodecError, Handler, Loop, Timer, Transport
+from reactor import CodecError, Handler, Loop, Timer, Transport, drain_on_signals
 
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
@@ -332,18 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = KVHandler(Store(loop))
     listener = loop.listen((args.host, args.port), lambda: handler,
                            lambda: RespCodec(max_bulk=args.max_bulk))
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            loop.shutdown(args.drain_timeout)  # stop accepting, answer what was sent, close
-        else:
-            loop.abort_all("second signal")
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    drain_on_signals(loop, args.drain_timeout)  # stop accepting, answer what was sent, close
     host, port = listener.address[:2]
     print(f"listening on {host}:{port}", flush=True)
     try:

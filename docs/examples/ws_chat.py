@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 
 from handlers.websocket import GOING_AWAY, WebSocketCodec, WebSocketHandler, broadcast_message
-from reactor import CloseReason, Loop, Transport
+from reactor import CloseReason, Loop, Transport, drain_on_signals
 
 log = logging.getLogger("ws_chat")
 
@@ -98,16 +97,11 @@ class Member(WebSocketHandler):
 
 def on_signals(loop: Loop, room: Room) -> None:
     """First SIGTERM/SIGINT: Close 1001 to everyone, then drain and stop. A second: abort."""
-    def on_signal(name: str) -> None:
-        if loop.shutting_down:
-            loop.abort_all(f"second {name}")
-            return
+    def going_away(name: str) -> None:
         log.info("%s: closing %d client(s)", name, len(room.members))
         room.close_all()  # the Close frames are queued first: the drain flushes them
-        loop.shutdown(drain_timeout_s=CLOSE_TIMEOUT_S)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+    drain_on_signals(loop, CLOSE_TIMEOUT_S, before=going_away)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from ..connection import ConnectionOptions
 from ..errors import CloseReason
 from ..loop import Loop
 from ..sockets import bind_listening
+from ..wakeup import drain_on_signals
 from ..protocols import Codec, Handler
 from ..stats import STATS_VERSION, aggregate
 from .metrics import serve_metrics
@@ -189,21 +190,13 @@ def _serve_one(config: ServerConfig, handler_factory: Callable[[], Handler],
                 serve_metrics(loop, config.metrics)
             link = SystemdLink.from_environ(
                 loop, status=lambda: f"{loop.connection_count} connections")
-        signals = {"count": 0}
+        def draining(signame: str) -> None:
+            log.info("%s: draining %d connection(s) (up to %g s)", signame,
+                     loop.connection_count, config.drain_timeout_s)
+            if link is not None:
+                link.stopping(f"draining {loop.connection_count} connections")
 
-        def on_signal(signame: str) -> None:
-            signals["count"] += 1
-            if signals["count"] == 1:
-                log.info("%s: draining %d connection(s) (up to %g s)", signame,
-                         loop.connection_count, config.drain_timeout_s)
-                if link is not None:
-                    link.stopping(f"draining {loop.connection_count} connections")
-                loop.shutdown(config.drain_timeout_s)
-            else:
-                loop.abort_all(f"second {signame}")
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig.name)
+        drain_on_signals(loop, config.drain_timeout_s, before=draining)
         log.info("serving on %s (%s%s)", format_address(sock.getsockname()),
                  loop.selector_name, f", worker {worker}" if worker is not None else "")
         if on_ready is not None:

@@ -194,6 +194,36 @@ def test_call_soon_threadsafe_wakes_a_sleeping_loop(loop):
     assert time.monotonic() - start < 5
 
 
+def test_drain_on_signals_drains_on_the_first_and_aborts_on_the_second(caplog):
+    """drain_on_signals: the hook, then a drain that lets run() return; a second signal
+    while draining aborts what the drain still holds (here a peer that never sends its FIN,
+    kept for a 30 s linger)."""
+    from reactor import drain_on_signals
+
+    lp = Loop()
+    try:
+        said: list[str] = []
+        lst = lp.listen(("127.0.0.1", 0), LineEchoHandler, LineCodec, linger_s=30.0)
+        drain_on_signals(lp, 60.0, before=said.append, signals=(signal.SIGUSR1,))
+        c = socket.create_connection(lst.address, timeout=5)
+        run_echo(lp, c, b"before\n")
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wait_for(lambda: lp.shutting_down, step=lambda: lp.run_once(0.05), what="the drain")
+        for _ in range(10):
+            lp.run_once(0.01)
+        assert said == ["SIGUSR1"] and lp.connection_count == 1  # lingering, not dropped
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wait_for(lambda: lp.connection_count == 0, 5, step=lambda: lp.run_once(0.05),
+                 what="the abort")
+        assert said == ["SIGUSR1"]  # the hook runs once, for the drain
+        assert any("second SIGUSR1: dropping 1 connection(s)" in r.getMessage()
+                   for r in caplog.records)
+        c.close()
+    finally:
+        lp.remove_signal_handler(signal.SIGUSR1)
+        lp.close()
+
+
 def test_signal_handler_runs_on_the_loop(loop):
     got = []
     loop.add_signal_handler(signal.SIGUSR1, got.append, "usr1")
